@@ -23,6 +23,8 @@ from scipy.special import ive
 DEFAULT_TOL = 1e-13
 #: Safety factor on the tail bound (Crouzeix's constant for non-normal operators).
 _CROUZEIX = 1.0 + np.sqrt(2.0)
+#: Largest allowed log round-off growth of one substep's Chebyshev sum (e³ ≈ 20).
+_MAX_LOG_GROWTH = 3.0
 
 
 @dataclass(frozen=True)
@@ -33,9 +35,10 @@ class ChebyshevPlan:
     exp(h z) = e^h [ive(0, h) + 2 Σ_k ive(k, h) T_k(z)].
     """
 
-    shift: np.ndarray  # (G, K) complex c_gk
-    scale: float  # h > 0
+    shift: np.ndarray  # (G, K) complex c_gk of one substep
+    scale: float  # h > 0 of one substep
     coeffs: np.ndarray  # (degree + 1,) real: e^{-h} I_k(h) with the factor 2 for k ≥ 1
+    substeps: int = 1  # the interval τ is split into this many equal substeps
 
     @property
     def degree(self) -> int:
@@ -62,29 +65,47 @@ def plan_expansion(
     """Plan exp(−τ(Λ + i s W_g)) for strengths ``strength`` (G, K) in 1/(µm·µs).
 
     ``centre`` and ``half_range`` (G,) bound x·g over the domain in µm: the field of
-    values of W_g lies in centre ± half_range.
+    values of W_g lies in centre ± half_range. When the imaginary (gradient) part
+    dominates, τ is split into substeps so that the Chebyshev sums lose at most e³ to
+    round-off.
     """
     s = np.asarray(strength, dtype=float)
+    substeps = 1
+    while True:
+        plan = _plan_substep(lam_min, lam_max, tau / substeps, s, centre, half_range,
+                             tol, max_degree)
+        loss = plan[3]
+        if loss <= _MAX_LOG_GROWTH or substeps >= 4096:
+            shift, h, coeffs, _ = plan
+            return ChebyshevPlan(shift=shift, scale=h, coeffs=coeffs, substeps=substeps)
+        substeps = int(np.ceil(substeps * loss / _MAX_LOG_GROWTH))
+
+
+def _plan_substep(
+    lam_min: float, lam_max: float, tau: float, s: np.ndarray, centre: np.ndarray,
+    half_range: np.ndarray, tol: float, max_degree: int,
+) -> tuple[np.ndarray, float, np.ndarray, float]:
+    """Shift, scale, coefficients and log of the round-off growth for one substep."""
     h_real = 0.5 * tau * (lam_max - lam_min)
     h_imag = tau * np.abs(s) * half_range[:, None]  # (G, K)
-    h = max(h_real, 0.5 * float(h_imag.max(initial=0.0)), 1e-6)
+    r = float(h_imag.max(initial=0.0))
+    h = max(h_real, 0.5 * r, 1e-6)
     shift = -0.5 * tau * (lam_min + lam_max) - 1j * tau * s * centre[:, None]
-    rho = _ellipse_rho(complex(h_real / h, float(h_imag.max(initial=0.0)) / h))
+    rho = _ellipse_rho(complex(h_real / h, r / h))
+    # The partial sums carry terms of size e^{h((ρ+1/ρ)/2 − 1)}: that much round-off.
+    growth = h * (0.5 * (rho + 1.0 / rho) - 1.0)
     # Degree: smallest K with C Σ_{k>K} 2 ive(k, h) ρ^k ≤ tol (tail in log space).
-    kmax = max_degree
-    ks = np.arange(kmax + 2)
+    ks = np.arange(max_degree + 2)
     with np.errstate(divide="ignore", over="ignore"):
         logterm = np.log(2.0 * ive(ks, h)) + ks * np.log(rho)
     logterm = np.where(np.isfinite(logterm), logterm, -np.inf)
-    # tail[K] = log Σ_{k > K} exp(logterm_k)
     rev = np.logaddexp.accumulate(logterm[::-1])[::-1]
     tail = np.append(rev[1:], -np.inf)
     ok = np.flatnonzero(tail + np.log(_CROUZEIX) <= np.log(tol))
-    degree = int(ok[0]) if len(ok) else kmax
-    degree = max(degree, 1)
+    degree = max(int(ok[0]) if len(ok) else max_degree, 1)
     coeffs = 2.0 * ive(np.arange(degree + 1), h)
     coeffs[0] *= 0.5
-    return ChebyshevPlan(shift=shift, scale=h, coeffs=coeffs)
+    return shift, h, coeffs, growth
 
 
 def _apply_w(wg: np.ndarray, v: np.ndarray) -> np.ndarray:
@@ -111,18 +132,22 @@ def expm_action(
     c = plan.shift[:, None, :]  # (G, 1, K)
     lam_col = lam[None, :, None]
     s = strength[:, None, :]
+    tau_step = tau / plan.substeps
 
     def z_apply(v: np.ndarray) -> np.ndarray:
-        xv = -tau * (lam_col * v + 1j * s * _apply_w(wg, v))
+        xv = -tau_step * (lam_col * v + 1j * s * _apply_w(wg, v))
         return (xv - c * v) / h
 
-    t_prev = np.asarray(v0, dtype=complex)
-    y = plan.coeffs[0] * t_prev
-    if plan.degree >= 1:
-        t_cur = z_apply(t_prev)
-        y = y + plan.coeffs[1] * t_cur
-        for k in range(2, plan.degree + 1):
-            t_next = 2.0 * z_apply(t_cur) - t_prev
-            y += plan.coeffs[k] * t_next
-            t_prev, t_cur = t_cur, t_next
-    return np.exp(c + h) * y
+    y = np.asarray(v0, dtype=complex)
+    for _ in range(plan.substeps):
+        t_prev = y
+        y = plan.coeffs[0] * t_prev
+        if plan.degree >= 1:
+            t_cur = z_apply(t_prev)
+            y = y + plan.coeffs[1] * t_cur
+            for k in range(2, plan.degree + 1):
+                t_next = 2.0 * z_apply(t_cur) - t_prev
+                y += plan.coeffs[k] * t_next
+                t_prev, t_cur = t_cur, t_next
+        y = np.exp(c + h) * y
+    return y

@@ -1,0 +1,1 @@
+"""Figures (matplotlib, imported lazily by the functions that draw)."""

@@ -1,0 +1,1 @@
+"""Reading and writing simulated signals (the ``SIGNALS.npz`` contract)."""
