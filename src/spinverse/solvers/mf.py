@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 if TYPE_CHECKING:
     from spinverse.acquisition.protocol import Protocol
@@ -21,6 +22,8 @@ from spinverse.fem.assembly import FEModel
 from spinverse.solvers.chebyshev import DEFAULT_TOL, expm_action, plan_expansion
 from spinverse.solvers.eigen import EigenBasis, laplace_eigenmodes
 
+#: Below this many modes the propagation runs on one BLAS thread.
+SMALL_MODEL_MODES = 256
 #: Longest piecewise-constant segment (µs) used to sample smooth waveforms (cosine OGSE).
 SMOOTH_WAVEFORM_SEGMENT_US = 20.0
 
@@ -134,6 +137,9 @@ def sequence_signal(
 def mf_signal(reduced: ReducedModel, protocol: Protocol, *, tol: float = DEFAULT_TOL) -> np.ndarray:
     """S (n_sequences, n_bvalues, n_directions) complex128 in µm³ for a protocol."""
     out = np.empty((protocol.n_sequences, protocol.n_bvalues, protocol.n_directions), complex)
-    for i, seq in enumerate(protocol.sequences):
-        out[i] = sequence_signal(reduced, seq, protocol.q(i), protocol.directions, tol=tol)
+    # Small reduced models are latency-bound: one BLAS thread avoids threading overhead.
+    threads = 1 if reduced.n_modes < SMALL_MODEL_MODES else None
+    with threadpool_limits(limits=threads, user_api="blas"):
+        for i, seq in enumerate(protocol.sequences):
+            out[i] = sequence_signal(reduced, seq, protocol.q(i), protocol.directions, tol=tol)
     return out
