@@ -1,0 +1,207 @@
+"""Reconstruction configuration (YAML, validated by pydantic; unknown keys rejected).
+
+The default is the published method's preset: fit the long PGSE (δ/Δ = 10/60 ms) for 200
+iterations, then the middle one (10/20 ms) for 200, Adam lr 0.6 with a 50-iteration
+warm-up and cosine decay to 0.1× per stage, gradient clip 1.0, continuity weight 2 and a
+manifold weight ramped 0 → 2 over the first stage. κ in µm/µs, b in s/mm².
+"""
+
+from __future__ import annotations
+
+import difflib
+from os import PathLike
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from spinverse.errors import ConfigError, InputFileError
+
+PRIOR_NAMES = ("continuity", "manifold", "coherence", "binarisation")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Ramp(_Strict):
+    """A prior weight that changes linearly from ``start`` to ``end`` over a stage."""
+
+    start: float = Field(ge=0)
+    end: float = Field(ge=0)
+
+
+Weight = float | Ramp
+
+
+class ParameterisationConfig(_Strict):
+    """κ_f = 10^(a + (b − a) σ(v_f / τ)), a = log10 κ_min, b = log10 κ_max (µm/µs)."""
+
+    kappa_min: float = Field(1e-5, gt=0, description="lower bound of κ, µm/µs")
+    kappa_max: float = Field(0.1, gt=0, description="upper bound of κ, µm/µs")
+    temperature: float = Field(1.0, gt=0, description="logit temperature τ")
+    start_kappa: float = Field(1e-3, gt=0, description="initial κ on every face, µm/µs")
+    init_noise: float = Field(0.0, ge=0, description="std of logit noise at the start "
+                              "(restarts > 0 always add 0.1)")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> ParameterisationConfig:
+        if not self.kappa_min < self.start_kappa < self.kappa_max:
+            raise ValueError("need kappa_min < start_kappa < kappa_max")
+        return self
+
+
+class OptimizerConfig(_Strict):
+    lr: float = Field(0.6, gt=0, description="peak Adam learning rate (on the logits)")
+    betas: tuple[float, float] = (0.9, 0.999)
+    clip_norm: float = Field(1.0, gt=0, description="gradient-norm clip")
+
+
+class StageConfig(_Strict):
+    """One stage of the curriculum."""
+
+    name: str
+    sequences: list[int] | Literal["all"] = Field(
+        description="indices into the protocol's sequences fitted in this stage, or 'all'"
+    )
+    bvalues: list[float] | None = Field(None, description="subset of b-values, s/mm²")
+    iterations: int = Field(gt=0)
+    warmup: int = Field(50, ge=0, description="linear warm-up iterations")
+    lr_final_ratio: float = Field(0.1, gt=0, le=1, description="cosine decay floor × lr")
+    priors: dict[str, Weight] = Field(default_factory=dict,
+                                      description="prior name → weight or {start, end}")
+
+    @model_validator(mode="after")
+    def _known_priors(self) -> StageConfig:
+        for key in self.priors:
+            if key not in PRIOR_NAMES:
+                hint = difflib.get_close_matches(key, PRIOR_NAMES, n=1)
+                raise ValueError(f"unknown prior {key!r}"
+                                 + (f"; did you mean {hint[0]!r}?" if hint else
+                                    f"; known: {', '.join(PRIOR_NAMES)}"))
+        return self
+
+
+class StoppingConfig(_Strict):
+    """End a stage early when its loss has not improved by ``min_rel_improvement`` over
+    ``patience`` iterations (0 disables)."""
+
+    patience: int = Field(0, ge=0)
+    min_rel_improvement: float = Field(1e-4, ge=0)
+
+
+class ReconConfig(_Strict):
+    """Everything a reconstruction run needs besides the target and the grid."""
+
+    parameterisation: ParameterisationConfig = ParameterisationConfig()
+    optimizer: OptimizerConfig = OptimizerConfig()
+    stages: list[StageConfig] = Field(min_length=1)
+    threshold: float = Field(1e-3, gt=0, description="barrier threshold on κ, µm/µs")
+    data_scale: float = Field(100.0, gt=0, description="factor of the data term")
+    stopping: StoppingConfig = StoppingConfig()
+    seed: int = 0
+    restarts: int = Field(1, ge=1, description="random restarts; the best data loss wins")
+    checkpoint_every: int = Field(10, ge=1)
+
+    @property
+    def total_iterations(self) -> int:
+        return sum(s.iterations for s in self.stages)
+
+    def with_priors(self, **weights: Weight | None) -> ReconConfig:
+        """A copy with the named prior weights set (None removes) in every stage."""
+        stages = []
+        for s in self.stages:
+            priors = dict(s.priors)
+            for k, w in weights.items():
+                if w is None:
+                    priors.pop(k, None)
+                else:
+                    priors[k] = w
+            stages.append(s.model_copy(update={"priors": priors}))
+        return self.model_copy(update={"stages": stages})
+
+
+def published_preset() -> ReconConfig:
+    """The published schedule: long (10/60 ms) then middle (10/20 ms) PGSE of the
+    published protocol (sequence indices 2 and 1), 200 iterations each, with priors."""
+    return ReconConfig(
+        stages=[
+            StageConfig(name="long 10/60 ms", sequences=[2], iterations=200,
+                        priors={"continuity": 2.0, "manifold": Ramp(start=0.0, end=2.0)}),
+            StageConfig(name="middle 10/20 ms", sequences=[1], iterations=200,
+                        priors={"continuity": 2.0, "manifold": 2.0}),
+        ]
+    )
+
+
+#: Named arms of the published ablation (prior weights applied to the preset).
+ABLATION_ARMS: dict[str, dict[str, Any]] = {
+    "curriculum": {"continuity": None, "manifold": None},
+    "continuity": {"manifold": None},
+    "manifold": {"continuity": None},
+    "both": {},
+}
+
+
+def ablation_arm(name: str) -> ReconConfig:
+    """The preset with one ablation arm's priors (curriculum, continuity, manifold, both)."""
+    if name not in ABLATION_ARMS:
+        raise ConfigError(f"unknown arm {name!r}; known: {', '.join(ABLATION_ARMS)}",
+                          field="arm")
+    return published_preset().with_priors(**ABLATION_ARMS[name])
+
+
+def no_curriculum(config: ReconConfig | None = None) -> ReconConfig:
+    """One stage fitting the long and middle sequences together for the same total
+    iterations (the control that shows why the curriculum matters)."""
+    base = config or published_preset()
+    last = base.stages[-1]
+    stage = StageConfig(name="joint", sequences=[1, 2], iterations=base.total_iterations,
+                        warmup=base.stages[0].warmup, priors=dict(last.priors))
+    return base.model_copy(update={"stages": [stage]})
+
+
+def _format_error(e: ValidationError, source: str | None) -> ConfigError:
+    err = e.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"])
+    msg = err["msg"]
+    if err["type"] == "extra_forbidden":
+        key = str(err["loc"][-1])
+        parent: Any = ReconConfig
+        for part in err["loc"][:-1]:
+            if isinstance(part, str) and hasattr(parent, "model_fields"):
+                ann = parent.model_fields[part].annotation
+                parent = getattr(ann, "__args__", [ann])[0]
+        known = list(getattr(parent, "model_fields", {}))
+        hint = difflib.get_close_matches(key, known, n=1)
+        msg = f"unknown key {key!r}" + (f"; did you mean {hint[0]!r}?" if hint else "")
+    return ConfigError(msg, source=source, field=loc or None)
+
+
+def config_from_dict(data: dict[str, Any], *, source: str | None = None) -> ReconConfig:
+    """Validate a mapping; keys missing at the top level fall back to the preset."""
+    if not isinstance(data, dict):
+        raise ConfigError("must be a mapping of keys to values", source=source)
+    merged = {**published_preset().model_dump(), **data}
+    try:
+        return ReconConfig.model_validate(merged)
+    except ValidationError as e:
+        raise _format_error(e, source) from None
+
+
+def load_config(path: str | PathLike[str]) -> ReconConfig:
+    """Read a RECON.yaml (any top-level key omitted takes the published preset's value)."""
+    p = Path(path)
+    if not p.is_file():
+        raise InputFileError("no such file", source=str(path))
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise InputFileError(f"not valid YAML ({exc})".splitlines()[0], source=str(path)) from exc
+    return config_from_dict(data, source=str(path))
+
+
+def dump_config(config: ReconConfig) -> str:
+    """The resolved configuration as YAML text."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
