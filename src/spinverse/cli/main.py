@@ -171,35 +171,163 @@ def info(
         typer.echo(f"{'barrier(<1e-3)':<16} {int((kappa < 1e-3).sum())} faces")
 
 
+class Noise(StrEnum):
+    rician = "rician"
+    gaussian = "gaussian"
+
+
+@app.command()
+@friendly_errors
+def reconstruct(
+    target: Annotated[Path | None, typer.Option(help="SIGNALS.npz (from `spinverse "
+                                                "simulate` or measured).")] = None,
+    grid: Annotated[Path | None, typer.Option(help="GRID.npz: points (P,3) µm, tets (T,4), "
+                                              "optional faces (F,3) fixing the face order.")
+                    ] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder.")] = Path("run"),
+    config: Annotated[Path | None, typer.Option(help="RECON.yaml (default: the published "
+                                                "preset: curriculum + priors).")] = None,
+    outer_boundary: Annotated[OuterBoundary | None, typer.Option(
+        help="Override the target's outer-boundary mode.")] = None,
+    protocol: Annotated[Path | None, typer.Option(
+        help="PROTOCOL.yaml overriding the one stored in the target.")] = None,
+    noise: Annotated[Noise | None, typer.Option(help="Add noise to the target.")] = None,
+    snr: Annotated[float, typer.Option(help="SNR relative to |S(b=0)|.")] = 100.0,
+    seed: Annotated[int, typer.Option(help="Noise and initialisation seed.")] = 0,
+    case: Annotated[str | None, typer.Option(
+        help="Reconstruct a public benchmark case (simulated with the published protocol "
+             "and the reference-compatible Robin boundary).")] = None,
+    iterations: Annotated[int | None, typer.Option(
+        help="Scale every stage so the run has about this many iterations in all.")] = None,
+    quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+) -> None:
+    """Recover per-face permeability (κ in µm/µs) from a target signal."""
+    import numpy as np
+
+    from spinverse.recon.config import load_config, published_preset
+    from spinverse.recon.noise import add_noise
+    from spinverse.recon.reconstructor import Target
+    from spinverse.recon.workflow import case_target
+    from spinverse.recon.workflow import reconstruct as run_reconstruction
+
+    cfg = load_config(config) if config is not None else published_preset()
+    cfg = cfg.model_copy(update={"seed": seed})
+    if iterations is not None:
+        cfg = cfg.scaled_to(iterations)
+    reference = None
+    if case is not None:
+        if target is not None or grid is not None:
+            fail("--case replaces --target and --grid; give one or the other")
+        the_grid, tgt, reference = case_target(case)
+    else:
+        if target is None or grid is None:
+            fail("give --target SIGNALS.npz and --grid GRID.npz (or --case NAME)")
+        from spinverse.acquisition.protocol import load_protocol
+        from spinverse.io.signals import load_signals
+        from spinverse.mesh.io import load_mesh
+
+        sig = load_signals(target)
+        the_grid = load_mesh(grid).grid
+        prot = load_protocol(protocol) if protocol is not None else sig.protocol
+        if protocol is not None and (prot.n_sequences, prot.n_bvalues, prot.n_directions) \
+                != sig.signal.shape:
+            fail(f"{protocol}: shape {(prot.n_sequences, prot.n_bvalues, prot.n_directions)}"
+                 f" does not match the target signal {sig.signal.shape}")
+        tgt = Target(sig.signal, prot, sig.outer_boundary)
+        if sig.kappa is not None and sig.faces is not None:
+            idx = the_grid.face_index(sig.faces)
+            if np.all(idx >= 0) and len(idx) == the_grid.n_faces:
+                truth = np.empty(the_grid.n_faces)
+                truth[idx] = sig.kappa
+                reference = np.flatnonzero(truth < cfg.threshold)
+    if outer_boundary is not None:
+        tgt = Target(tgt.signal, tgt.protocol, outer_boundary.value)
+    if noise is not None:
+        tgt = Target(add_noise(tgt.signal, snr=snr, kind=noise.value, seed=seed),
+                     tgt.protocol, tgt.outer_boundary)
+    extra = {"case": case or "", "noise": noise.value if noise else "none",
+             "snr": snr if noise else None, "seed": seed}
+    rec, metrics = run_reconstruction(the_grid, tgt, out, config=cfg,
+                                      reference_faces=reference, progress=not quiet,
+                                      extra=extra)
+    typer.echo(_summary(out, rec, metrics))
+
+
+def _summary(out: Path, rec, metrics: dict) -> str:
+    lines = [f"{out}: {len(rec.barrier)} barrier faces, data loss "
+             f"{rec.data_loss:.3g}, {rec.seconds:.0f} s"]
+    if "f1" in metrics:
+        lines.append(
+            f"  face F1 {metrics['f1']:.3f} (best alignment {metrics.get('f1_aligned', 0):.3f}),"
+            f" Chamfer² {metrics.get('chamfer', float('nan')):.3g} µm², bad edges "
+            f"{metrics.get('bad_pct', float('nan')):.1f} %")
+    lines.append(f"  pictures: {out / 'surface.png'}, {out / 'loss.png'}, "
+                 f"{out / 'signals.png'}")
+    return "\n".join(lines)
+
+
 @app.command()
 @friendly_errors
 def demo(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path(
         "spinverse-demo"
     ),
-    case: Annotated[str, typer.Option(help="Benchmark case to show.")] = "018",
+    case: Annotated[str, typer.Option(help="Benchmark case to reconstruct.")] = "018",
+    iterations: Annotated[int, typer.Option(help="Total iterations (the published "
+                                            "schedule, scaled).")] = 400,
 ) -> None:
-    """Simulate a built-in benchmark case (the sphere) and plot its signal."""
-    from spinverse.acquisition.protocol import published_protocol
-    from spinverse.forward import simulate_signal
-    from spinverse.io.signals import save_signals
-    from spinverse.mesh import benchmark
-    from spinverse.viz.signals import plot_signals
+    """Reconstruct the sphere of the public benchmark from its simulated signal and show
+    the pictures (a few minutes on 2 cores)."""
+    from spinverse.recon.config import published_preset
+    from spinverse.recon.workflow import case_target
+    from spinverse.recon.workflow import reconstruct as run_reconstruction
 
-    name = benchmark.resolve_case(case)
-    grid, kappa = benchmark.benchmark_grid(), benchmark.case_kappa(name)
-    prot = published_protocol()
-    typer.echo(f"simulating {name} on the benchmark grid ({grid.n_tets} tets) ...")
-    res = simulate_signal(grid, kappa, prot, outer_boundary="robin")
-    refl = simulate_signal(grid, kappa, prot, outer_boundary="reflecting")
-    out.mkdir(parents=True, exist_ok=True)
-    save_signals(out / "signals.npz", res.signal, prot, outer_boundary="robin",
-                 faces=grid.faces, kappa=kappa, case=name)
-    png = plot_signals(out / "signals.png", prot,
-                       {"robin (reference)": res.signal, "reflecting": refl.signal},
-                       title=f"{name}: {res.n_modes} / {refl.n_modes} modes")
-    typer.echo(f"{res.n_modes} modes, {res.seconds:.2f} s; wrote {out / 'signals.npz'}")
-    typer.echo(f"picture: {png}")
+    grid, target, reference = case_target(case)
+    typer.echo(f"target: benchmark case {case} on a {grid.n_tets}-tet grid, "
+               f"{target.protocol.n_sequences} PGSE sequences; fitting "
+               f"{grid.n_faces} face permeabilities ...")
+    cfg = published_preset().scaled_to(iterations)
+    rec, metrics = run_reconstruction(grid, target, out, config=cfg,
+                                      reference_faces=reference, extra={"case": case})
+    typer.echo(_summary(out, rec, metrics))
+
+
+@app.command()
+@friendly_errors
+def sweep(
+    spec: Annotated[Path, typer.Argument(help="SWEEP.yaml: cases, arms, seeds, noise.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Sweep folder.")] = Path("sweep"),
+    scheduler: Annotated[str | None, typer.Option(
+        help="Address of a running Dask scheduler (tcp://host:8786), or 'synchronous'. "
+             "Default: a local cluster.")] = None,
+    workers: Annotated[int | None, typer.Option(help="Local worker processes.")] = None,
+) -> None:
+    """Run every (case × arm × seed × noise) reconstruction of SWEEP.yaml on Dask, skipping
+    finished runs (rerun the same command to resume), then write the report."""
+    from spinverse.sweep.report import write_report
+    from spinverse.sweep.runner import run_sweep
+    from spinverse.sweep.spec import load_sweep
+
+    cfg = load_sweep(spec)
+    records = run_sweep(cfg, out, base_dir=spec.parent, scheduler=scheduler,
+                        workers=workers, echo=typer.echo)
+    failed = [r for r in records if r.get("status") != "done"]
+    report = write_report(out)
+    typer.echo(f"{len(records) - len(failed)} runs done, {len(failed)} failed; "
+               f"report: {report}")
+
+
+@app.command()
+@friendly_errors
+def report(
+    folder: Annotated[Path, typer.Argument(help="A sweep folder.")],
+) -> None:
+    """Rebuild a sweep's tables, report.md and figures from its run folders."""
+    from spinverse.sweep.report import write_report
+
+    if not folder.is_dir():
+        fail(f"{folder}: no such folder")
+    typer.echo(f"report: {write_report(folder)}")
 
 
 @app.command()

@@ -108,6 +108,15 @@ class ReconConfig(_Strict):
     def total_iterations(self) -> int:
         return sum(s.iterations for s in self.stages)
 
+    def scaled_to(self, total: int) -> ReconConfig:
+        """A copy whose stages (iterations and warm-ups) are scaled to about ``total``
+        iterations in all, keeping their proportions."""
+        factor = total / self.total_iterations
+        stages = [s.model_copy(update={"iterations": max(1, round(s.iterations * factor)),
+                                       "warmup": round(s.warmup * factor)})
+                  for s in self.stages]
+        return self.model_copy(update={"stages": stages})
+
     def with_priors(self, **weights: Weight | None) -> ReconConfig:
         """A copy with the named prior weights set (None removes) in every stage."""
         stages = []
@@ -145,7 +154,10 @@ ABLATION_ARMS: dict[str, dict[str, Any]] = {
 
 
 def ablation_arm(name: str) -> ReconConfig:
-    """The preset with one ablation arm's priors (curriculum, continuity, manifold, both)."""
+    """The preset with one ablation arm's priors (curriculum, continuity, manifold, both),
+    or ``"joint"``: both priors without the curriculum (see :func:`no_curriculum`)."""
+    if name == "joint":
+        return no_curriculum()
     if name not in ABLATION_ARMS:
         raise ConfigError(f"unknown arm {name!r}; known: {', '.join(ABLATION_ARMS)}",
                           field="arm")

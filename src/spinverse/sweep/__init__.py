@@ -1,0 +1,1 @@
+"""Sweeps and ablations over many cases, arms, seeds and noise levels, on Dask."""
