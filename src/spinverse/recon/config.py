@@ -208,10 +208,17 @@ def load_config(path: str | PathLike[str]) -> ReconConfig:
     if not p.is_file():
         raise InputFileError("no such file", source=str(path))
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputFileError(f"cannot read as text ({exc})", source=str(path)) from None
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise InputFileError(f"not valid YAML ({exc})".splitlines()[0], source=str(path)) from exc
-    return config_from_dict(data, source=str(path))
+        mark, problem = getattr(exc, "problem_mark", None), getattr(exc, "problem", None)
+        what = (f"{problem} (line {mark.line + 1}, column {mark.column + 1})"
+                if mark is not None and problem else " ".join(str(exc).split()))
+        raise InputFileError(f"not valid YAML: {what}", source=str(path)) from exc
+    return config_from_dict({} if data is None else data, source=str(path))
 
 
 def dump_config(config: ReconConfig) -> str:

@@ -1,0 +1,358 @@
+"""The optimisation loop: fit per-face κ (µm/µs) to a target signal.
+
+``Reconstructor(grid, target, config).fit(run_dir)`` runs the staged curriculum with Adam
+on the face logits, writes a JSONL log per iteration and atomic checkpoints, resumes
+exactly from the last checkpoint, rolls back and halves the step on a non-finite loss or
+gradient, stops a stage on a loss plateau, and keeps the best of several random restarts.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from spinverse.acquisition.protocol import Protocol
+from spinverse.errors import ConfigError, SolverError
+from spinverse.mesh.grid import TetGrid
+from spinverse.recon import priors as P
+from spinverse.recon.config import ReconConfig, dump_config
+from spinverse.recon.curriculum import learning_rate, locate, prior_weights, stage_start
+from spinverse.recon.parameterisation import LogSigmoidKappa
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT = "checkpoint.pt"
+LOG = "log.jsonl"
+
+
+@dataclass(frozen=True)
+class Target:
+    """What is fitted: ``signal`` (n_seq, n_b, n_dir) complex µm³ for ``protocol``, with
+    the outer-boundary mode of the model used to fit it."""
+
+    signal: np.ndarray
+    protocol: Protocol
+    outer_boundary: str = "reflecting"
+
+    @property
+    def s0(self) -> np.ndarray:
+        """|S(b=0)| (n_seq, n_dir), µm³: the normaliser of the data term."""
+        zero = np.flatnonzero(self.protocol.bvalues == 0)
+        if len(zero) == 0:
+            raise ConfigError("the target protocol needs a b = 0 row for normalisation",
+                              field="bvalues")
+        return np.abs(self.signal[:, zero[0], :])
+
+
+@dataclass
+class Reconstruction:
+    """Result of a fit: κ (F,) µm/µs in grid face order, the barrier faces (κ below the
+    threshold), the per-iteration history and run facts."""
+
+    kappa: np.ndarray
+    barrier: np.ndarray
+    history: list[dict[str, Any]]
+    data_loss: float
+    seconds: float
+    restart: int = 0
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def _stage_views(target: Target, config: ReconConfig) -> list[dict[str, Any]]:
+    """Per stage: the sub-protocol, target |S| and S0 tensors, sequence/b indices."""
+    views = []
+    prot = target.protocol
+    for st in config.stages:
+        seqs = list(range(prot.n_sequences)) if st.sequences == "all" else list(st.sequences)
+        bad = [i for i in seqs if not 0 <= i < prot.n_sequences]
+        if bad:
+            raise ConfigError(f"stage {st.name!r} names sequence {bad[0]} but the protocol "
+                              f"has {prot.n_sequences}", field="stages.sequences")
+        if st.bvalues is None:
+            bidx = list(range(prot.n_bvalues))
+        else:
+            bidx = [int(np.argmin(np.abs(prot.bvalues - b))) for b in st.bvalues]
+            missing = [b for b, i in zip(st.bvalues, bidx, strict=True)
+                       if abs(prot.bvalues[i] - b) > 1e-9 * max(b, 1)]
+            if missing:
+                raise ConfigError(f"stage {st.name!r}: b = {missing[0]} s/mm² is not in the "
+                                  "protocol", field="stages.bvalues")
+        sub = prot.replace(sequences=tuple(prot.sequences[i] for i in seqs),
+                           bvalues=prot.bvalues[bidx])
+        s0 = target.s0[seqs]
+        tgt = np.abs(target.signal[np.ix_(seqs, bidx)])
+        views.append({"protocol": sub, "target": torch.from_numpy(tgt),
+                      "s0": torch.from_numpy(s0), "sequences": seqs, "bvalues": bidx})
+    return views
+
+
+class Reconstructor:
+    """Fits per-face κ of ``grid`` to ``target`` with the staged curriculum of ``config``.
+
+    ``simulate`` defaults to :func:`spinverse.autodiff.simulate` (the differentiable
+    forward model); it is called as ``simulate(grid, kappa, protocol, outer_boundary=...,
+    cache=...)`` with a :class:`~spinverse.autodiff.SimulationCache` reused across
+    iterations.
+    """
+
+    def __init__(
+        self,
+        grid: TetGrid,
+        target: Target,
+        config: ReconConfig,
+        *,
+        simulate: Any = None,
+        progress: bool = True,
+        reference_faces: np.ndarray | None = None,
+    ) -> None:
+        self.grid = grid
+        self.reference_faces = (None if reference_faces is None
+                                else np.asarray(reference_faces, dtype=np.int64))
+        self.target = target
+        self.config = config
+        self.progress = progress
+        from spinverse.autodiff import SimulationCache
+
+        if simulate is None:
+            from spinverse.autodiff import simulate as simulate_fn
+
+            simulate = simulate_fn
+        self._simulate = simulate
+        self.cache = SimulationCache()
+        pc = config.parameterisation
+        self.param = LogSigmoidKappa(kappa_min=pc.kappa_min, kappa_max=pc.kappa_max,
+                                     temperature=pc.temperature)
+        self.topology = P.PriorTopology.from_grid(grid)
+        self.views = _stage_views(target, config)
+
+    # ----------------------------------------------------------------- losses
+    def data_loss(self, kappa: torch.Tensor, stage_index: int) -> torch.Tensor:
+        """100 × mean over (sequence, b, direction) of (|S|/S0_target − |T|/S0_target)²."""
+        from spinverse.autodiff.losses import signal_loss
+
+        view = self.views[stage_index]
+        s = self._simulate(self.grid, kappa, view["protocol"],
+                           outer_boundary=self.target.outer_boundary, cache=self.cache)
+        return signal_loss(s, view["target"], view["s0"], scale=self.config.data_scale)
+
+    def prior_terms(self, v: torch.Tensor, weights: dict[str, float]) -> dict[str, torch.Tensor]:
+        """Weighted prior terms (only those with non-zero weight)."""
+        if not any(weights.values()):
+            return {}
+        logk = self.param.log10_kappa(v)
+        p = P.barrier_indicator(logk)
+        terms = {}
+        for name, w in weights.items():
+            if w == 0:
+                continue
+            if name == "continuity":
+                val = P.continuity_prior(logk, p, self.topology)
+            elif name == "manifold":
+                val = P.manifold_prior(p, self.topology)
+            elif name == "coherence":
+                val = P.edge_coherence_prior(p, self.topology)
+            else:
+                val = P.binarisation_prior(p)
+            terms[name] = w * val
+        return terms
+
+    def _reference_scores(self, kappa: np.ndarray) -> dict[str, float]:
+        from spinverse.recon.metrics import face_scores, structural_validity
+
+        pred = np.flatnonzero(kappa < self.config.threshold)
+        _, _, f1 = face_scores(pred, self.reference_faces, self.grid.n_faces)
+        bad = structural_validity(self.grid, pred)["bad_pct"]
+        return {"f1": float(f1), "bad_edges_pct": float(bad)}
+
+    # ------------------------------------------------------------------- fit
+    def fit(self, run_dir: str | os.PathLike[str] | None = None) -> Reconstruction:
+        """Run every restart (resuming from checkpoints in ``run_dir``) and return the
+        one with the lowest final data loss."""
+        best: Reconstruction | None = None
+        for r in range(self.config.restarts):
+            sub = None
+            if run_dir is not None:
+                sub = Path(run_dir) if self.config.restarts == 1 else Path(run_dir) / f"restart{r}"
+            rec = self._fit_one(r, sub)
+            if best is None or rec.data_loss < best.data_loss:
+                best = rec
+        assert best is not None
+        return best
+
+    def _initial_logits(self, restart: int) -> torch.Tensor:
+        pc = self.config.parameterisation
+        gen = torch.Generator().manual_seed(self.config.seed + 7919 * restart)
+        v0 = self.param.logits_for_kappa(
+            torch.full((self.grid.n_faces,), pc.start_kappa, dtype=torch.float64))
+        noise = pc.init_noise if restart == 0 else max(pc.init_noise, 0.1)
+        if noise:
+            v0 = v0 + noise * torch.randn(self.grid.n_faces, generator=gen,
+                                          dtype=torch.float64)
+        return v0
+
+    def _fit_one(self, restart: int, run_dir: Path | None) -> Reconstruction:
+        cfg = self.config
+        v = torch.nn.Parameter(self._initial_logits(restart))
+        opt = torch.optim.Adam([v], lr=cfg.optimizer.lr, betas=cfg.optimizer.betas)
+        start, history = 0, []
+        lr_factor = 1.0
+        stage_best: dict[int, tuple[float, int]] = {}
+        skip_to: int | None = None
+        elapsed = 0.0
+        if run_dir is not None:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / "config.yaml").write_text(dump_config(cfg))
+            ck = run_dir / CHECKPOINT
+            if ck.is_file():
+                state = torch.load(ck, weights_only=False)
+                if state["config"] != dump_config(cfg):
+                    raise ConfigError(f"{ck} was written with another configuration; "
+                                      "use a new run folder", field="config")
+                with torch.no_grad():
+                    v.copy_(state["v"])
+                opt.load_state_dict(state["optimizer"])
+                start, history = state["iteration"], state["history"]
+                lr_factor, stage_best = state["lr_factor"], state["stage_best"]
+                skip_to, elapsed = state["skip_to"], state["seconds"]
+                _truncate_log(run_dir / LOG, start)
+        good = (v.detach().clone(), _opt_state(opt))
+        bar = _progress(cfg.total_iterations, start, self.progress)
+        t0 = time.perf_counter()
+        it = start
+        rollbacks = 0
+        while it < cfg.total_iterations:
+            if skip_to is not None and it < skip_to:
+                it = skip_to
+                skip_to = None
+                continue
+            step = locate(cfg, it)
+            lr = learning_rate(cfg, step) * lr_factor
+            for g in opt.param_groups:
+                g["lr"] = lr
+            opt.zero_grad()
+            kappa = self.param.kappa(v)
+            data = self.data_loss(kappa, step.stage_index)
+            terms = self.prior_terms(v, prior_weights(step))
+            loss = data + sum(terms.values(), torch.zeros((), dtype=torch.float64))
+            ok = bool(torch.isfinite(loss))
+            if ok:
+                loss.backward()
+                ok = bool(torch.isfinite(v.grad).all())
+            if not ok:
+                rollbacks += 1
+                if rollbacks > 8:
+                    raise SolverError(f"non-finite loss or gradient at iteration {it} after "
+                                      "8 rollbacks")
+                with torch.no_grad():
+                    v.copy_(good[0])
+                opt.load_state_dict(good[1])
+                lr_factor *= 0.5
+                log.warning("non-finite loss/gradient at iteration %d: rolled back, lr × %g",
+                            it, lr_factor)
+                continue
+            gnorm = float(torch.nn.utils.clip_grad_norm_([v], cfg.optimizer.clip_norm))
+            good = (v.detach().clone(), _opt_state(opt))
+            opt.step()
+            with torch.no_grad():
+                n_barrier = int((kappa < cfg.threshold).sum())
+            rec = {
+                "iteration": it, "stage": step.stage.name, "lr": lr,
+                "loss": float(loss.detach()), "data": float(data.detach()),
+                **{f"prior_{k}": float(t.detach()) for k, t in terms.items()},
+                "grad_norm": gnorm, "barrier_faces": n_barrier,
+                "modes": self.cache.last.n_modes if self.cache.last else None,
+                "seconds": elapsed + time.perf_counter() - t0,
+            }
+            if self.reference_faces is not None:
+                rec.update(self._reference_scores(kappa.detach().numpy()))
+            history.append(rec)
+            if run_dir is not None:
+                with open(run_dir / LOG, "a") as fh:
+                    fh.write(json.dumps(rec) + "\n")
+            bar.update(1)
+            bar.set_postfix(loss=f"{rec['loss']:.3g}", barrier=n_barrier, modes=rec["modes"],
+                            refresh=False)
+            # plateau stopping within a stage
+            best_loss, best_it = stage_best.get(step.stage_index, (np.inf, it))
+            if rec["loss"] < best_loss * (1 - cfg.stopping.min_rel_improvement):
+                stage_best[step.stage_index] = (rec["loss"], it)
+            elif cfg.stopping.patience and it - best_it >= cfg.stopping.patience:
+                nxt = stage_start(cfg, step.stage_index + 1)
+                log.info("stage %s: loss plateau at iteration %d, moving on", step.stage.name,
+                         it)
+                bar.update(nxt - it - 1)
+                skip_to = nxt
+            it += 1
+            if run_dir is not None and (it % cfg.checkpoint_every == 0
+                                        or it == cfg.total_iterations):
+                _save_checkpoint(run_dir / CHECKPOINT, {
+                    "v": v.detach().clone(), "optimizer": opt.state_dict(), "iteration": it,
+                    "history": history, "lr_factor": lr_factor, "stage_best": stage_best,
+                    "skip_to": skip_to, "config": dump_config(cfg),
+                    "seconds": elapsed + time.perf_counter() - t0,
+                })
+        bar.close()
+        with torch.no_grad():
+            kappa = self.param.kappa(v).numpy().copy()
+            last = len(cfg.stages) - 1
+            final = float(self.data_loss(torch.from_numpy(kappa), last))
+        return Reconstruction(
+            kappa=kappa,
+            barrier=np.flatnonzero(kappa < cfg.threshold),
+            history=history,
+            data_loss=final,
+            seconds=elapsed + time.perf_counter() - t0,
+            restart=restart,
+            info={"rollbacks": rollbacks},
+        )
+
+
+def _opt_state(opt: torch.optim.Optimizer) -> dict:
+    import copy
+
+    return copy.deepcopy(opt.state_dict())
+
+
+def _save_checkpoint(path: Path, state: dict) -> None:
+    """Atomic write: a temporary file in the same folder, then rename."""
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def _truncate_log(path: Path, n_iterations: int) -> None:
+    """Drop log lines written after the checkpoint we resume from."""
+    if not path.is_file():
+        return
+    lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+    kept = [ln for ln in lines if json.loads(ln)["iteration"] < n_iterations]
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(ln + "\n" for ln in kept))
+    os.replace(tmp, path)
+
+
+class _NoBar:
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def set_postfix(self, **kw: Any) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _progress(total: int, initial: int, enabled: bool) -> Any:
+    if not enabled:
+        return _NoBar()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc="reconstruct", unit="it", leave=False)
