@@ -148,3 +148,17 @@ def test_missing_inputs(tmp_path, files):
     junk = tmp_path / "junk.npz"
     junk.write_bytes(b"not a zip file at all")
     assert run("simulate", junk, "-p", protocol).exit_code == 2
+
+
+@pytest.mark.parametrize("argv", [
+    ["simulate", "--outer-boundary", "bogus"],
+    ["simulate", "--no-such-option"],
+    ["info"],
+    ["simulate", "--solver", "magic", "--case", "018"],
+])
+def test_usage_errors_are_one_line(capsys, argv):
+    from spinverse.cli.main import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "--help" in err[0]

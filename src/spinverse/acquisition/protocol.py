@@ -42,7 +42,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError
 
 from spinverse.acquisition.directions import fibonacci_directions, normalise_directions
-from spinverse.acquisition.fsl import read_bvals, read_bvecs
+from spinverse.acquisition.fsl import read_bvals, read_bvals_bvecs, read_bvecs
 from spinverse.acquisition.sequences import (
     PGSE,
     SEQUENCE_TYPES,
@@ -397,6 +397,8 @@ def protocol_from_dict(
         base_dir = Path(source).parent if source else Path.cwd()
     base = Path(base_dir)
 
+    if cfg.bvals is not None and cfg.bvecs is not None:
+        read_bvals_bvecs(base / cfg.bvals, base / cfg.bvecs)  # one vector per b-value
     if cfg.bvals is not None:
         b_file = read_bvals(base / cfg.bvals)
         bvalues = np.array(list(dict.fromkeys(b_file.tolist())), dtype=float)
@@ -444,6 +446,15 @@ def protocol_to_dict(p: Protocol) -> dict[str, Any]:
     }
 
 
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    """One line saying what is wrong with a YAML text and where (1-based line, column)."""
+    mark = getattr(e, "problem_mark", None)
+    problem = getattr(e, "problem", None)
+    if mark is not None and problem:
+        return f"{problem} (line {mark.line + 1}, column {mark.column + 1})"
+    return " ".join(str(e).split())
+
+
 def load_protocol(path: PathLike) -> Protocol:
     """Read a protocol YAML file (see the module docstring for the schema; times in µs)."""
     p = Path(path)
@@ -459,7 +470,7 @@ def load_protocol(path: PathLike) -> Protocol:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
-        raise InputFileError(f"not valid YAML: {e}", source=src) from None
+        raise InputFileError(f"not valid YAML: {_yaml_problem(e)}", source=src) from None
     if data is None:
         raise InputFileError("the file is empty", source=src)
     if not isinstance(data, dict):

@@ -109,6 +109,7 @@ def simulate(
 ) -> None:
     """Simulate the complex signal S (µm³) of a grid with per-face permeability."""
     from spinverse.acquisition.protocol import load_protocol, published_protocol
+    from spinverse.errors import PermeabilityError
     from spinverse.forward import simulate_signal
     from spinverse.io.signals import save_signals
 
@@ -116,7 +117,12 @@ def simulate(
     prot = load_protocol(protocol) if protocol is not None else published_protocol()
     boundary = (outer_boundary.value if outer_boundary is not None
                 else ("robin" if case_name else "reflecting"))
-    result = simulate_signal(grid, kappa, prot, outer_boundary=boundary, solver=solver.value)
+    try:
+        result = simulate_signal(grid, kappa, prot, outer_boundary=boundary,
+                                 solver=solver.value)
+    except PermeabilityError as exc:  # κ comes from the MESH file: name it
+        raise PermeabilityError(exc.message, source=exc.source or source,
+                                field=exc.field) from None
     save_signals(
         out, result.signal, prot, outer_boundary=boundary, faces=grid.faces, kappa=kappa,
         solver=result.solver, n_dofs=result.n_dofs,
@@ -338,9 +344,31 @@ def version() -> None:
     typer.echo(__version__)
 
 
-def main() -> None:  # pragma: no cover - console entry point
-    app()
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point: like ``app()``, but a command-line usage error (unknown option,
+    bad choice, missing argument) is one ``error:`` line with exit code 2 too."""
+    try:
+        from typer._click import exceptions as cx  # typer vendors click
+    except ImportError:  # pragma: no cover - older typer with plain click
+        from click import exceptions as cx  # type: ignore[no-redef]
+
+    try:
+        result = app(args=argv, standalone_mode=False)
+    except cx.NoArgsIsHelpError as exc:
+        typer.echo(exc.ctx.get_help() if exc.ctx else "spinverse --help")
+        return 0
+    except cx.UsageError as exc:
+        where = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx else ""
+        message = " ".join(exc.format_message().split())
+        typer.echo(f"error: {message}{where}", err=True)
+        return 2
+    except cx.Exit as exc:
+        return exc.exit_code
+    except cx.Abort:
+        typer.echo("error: aborted", err=True)
+        return 1
+    return result if isinstance(result, int) else 0
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(app())
+    sys.exit(main())

@@ -20,6 +20,7 @@ import numpy as np
 from spinverse import __version__
 from spinverse.acquisition.protocol import Protocol, protocol_from_arrays, protocol_to_arrays
 from spinverse.errors import InputFileError, SpinverseError
+from spinverse.fem.assembly import OUTER_BOUNDARIES
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,13 @@ def load_signals(path: str | PathLike[str]) -> SignalFile:
     if not p.is_file():
         raise InputFileError("no such file", source=src)
     try:
+        with p.open("rb") as fh:
+            magic = fh.read(2)
+    except OSError as exc:
+        raise InputFileError(f"cannot read file ({exc})", source=src) from exc
+    if magic != b"PK":  # every .npz is a zip archive (np.load would try a pickle or .npy)
+        raise InputFileError("not a readable .npz file (no zip signature)", source=src)
+    try:
         with np.load(p, allow_pickle=False) as data:
             arrays = {k: data[k] for k in data.files}
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
@@ -96,6 +104,9 @@ def load_signals(path: str | PathLike[str]) -> SignalFile:
     except SpinverseError:
         raise
     signal = np.asarray(arrays["signal"])
+    if not np.issubdtype(signal.dtype, np.number):
+        raise InputFileError(f"must be numbers, got dtype {signal.dtype}", source=src,
+                             field="signal")
     expected = (protocol.n_sequences, protocol.n_bvalues, protocol.n_directions)
     if signal.shape != expected:
         raise InputFileError(
@@ -105,6 +116,9 @@ def load_signals(path: str | PathLike[str]) -> SignalFile:
     if not np.all(np.isfinite(signal)):
         raise InputFileError("contains NaN or infinite values", source=src, field="signal")
     outer = str(arrays.get("outer_boundary", np.array("reflecting")))
+    if outer not in OUTER_BOUNDARIES:
+        raise InputFileError(f"must be one of {', '.join(OUTER_BOUNDARIES)}, got {outer!r}",
+                             source=src, field="outer_boundary")
     return SignalFile(
         signal=signal.astype(np.complex128),
         protocol=protocol,

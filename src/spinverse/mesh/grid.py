@@ -30,7 +30,10 @@ def unique_rows(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def _row_lookup(table: np.ndarray, queries: np.ndarray) -> np.ndarray:
     """Index of each query row in ``table`` (rows sorted within), -1 where absent."""
-    n = int(max(table.max(initial=0), queries.max(initial=0))) + 1
+    n = int(table.max(initial=0)) + 1
+    # Ids outside the table's range cannot match (and would overflow the keys).
+    valid = np.all((queries >= 0) & (queries < n), axis=-1)
+    queries = np.where(valid[..., None], queries, 0)
     w = table.shape[1]
     scale = n ** np.arange(w - 1, -1, -1, dtype=np.int64)
     keys = table @ scale
@@ -38,7 +41,7 @@ def _row_lookup(table: np.ndarray, queries: np.ndarray) -> np.ndarray:
     qk = queries @ scale
     pos = np.searchsorted(keys[order], qk)
     pos = np.clip(pos, 0, len(keys) - 1)
-    found = keys[order][pos] == qk
+    found = valid & (keys[order][pos] == qk)
     return np.where(found, order[pos], -1)
 
 
@@ -65,6 +68,8 @@ class TetGrid:
     faces: np.ndarray = None  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
+        if np.iscomplexobj(self.points):
+            raise MeshError("coordinates must be real numbers, got complex", field="points")
         points = np.asarray(self.points, dtype=np.float64)
         tets = np.asarray(self.tets)
         if points.ndim != 2 or points.shape[1] != 3:
@@ -195,7 +200,9 @@ class TetGrid:
         counts = np.bincount(tf, minlength=self.n_faces)
         if counts.max() > 2:
             f = int(np.argmax(counts))
-            raise MeshError(f"face {f} is shared by {counts[f]} tets (non-manifold grid)")
+            raise MeshError(
+                f"face {f} is shared by {counts[f]} tets (non-manifold grid)", field="tets"
+            )
         out = -np.ones((self.n_faces, 2), dtype=np.int64)
         start = np.concatenate([[0], np.cumsum(counts)[:-1]])
         sorted_tets = tet_of[order]

@@ -96,6 +96,9 @@ def load_mesh(path: str | PathLike[str], *, kappa_default: float = np.inf) -> Lo
 def _read_npz(p: Path, src: str) -> dict[str, np.ndarray]:
     try:
         with p.open("rb") as fh:  # own the handle: np.load leaks it on a bad archive
+            if fh.read(2) not in (b"PK", b"\x93N"):  # neither zip nor .npy
+                raise InputFileError("unreadable .npz (no zip signature)", source=src)
+            fh.seek(0)
             npz = np.load(fh, allow_pickle=False)
             if not isinstance(npz, np.lib.npyio.NpzFile):
                 raise InputFileError("not an .npz archive (a single .npy array)", source=src)
@@ -157,6 +160,7 @@ def _int_array(a: np.ndarray, src: str, field: str, width: int) -> np.ndarray:
             not np.issubdtype(a.dtype, np.floating)
             or not np.all(np.isfinite(a))
             or np.any(a != np.round(a))
+            or np.any(np.abs(a) > 2**53)  # not an exact integer id
         ):
             raise InputFileError(
                 f"vertex ids must be integers, got dtype {a.dtype}", source=src, field=field
