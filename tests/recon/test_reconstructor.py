@@ -1,0 +1,111 @@
+"""The optimisation loop on a tiny grid: outputs, exact resume, rollback."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from spinverse.acquisition.protocol import Protocol
+from spinverse.acquisition.sequences import PGSE
+from spinverse.autodiff import simulate
+from spinverse.forward import simulate_signal
+from spinverse.mesh.generators import uniform_box_grid
+from spinverse.recon.config import ReconConfig, StageConfig
+from spinverse.recon.reconstructor import Reconstructor, Target
+from spinverse.recon.workflow import reconstruct
+
+
+@pytest.fixture(scope="module")
+def problem():
+    grid = uniform_box_grid([0, 0, 0], [6.0, 3.0, 3.0], [2, 1, 1])
+    plane = np.flatnonzero(np.all(np.isclose(grid.points[grid.faces][:, :, 0], 3.0), axis=1))
+    kappa = np.full(grid.n_faces, 0.1)
+    kappa[plane] = 1e-5
+    prot = Protocol(2e-3, 1.5, np.array([0.0, 1000.0, 3000.0]),
+                    np.array([[1.0, 0, 0], [0, 1.0, 0], [0, 0, 1.0]]),
+                    (PGSE(5000.0, 10000.0), PGSE(5000.0, 20000.0)))
+    sig = simulate_signal(grid, kappa, prot, outer_boundary="reflecting").signal
+    return grid, Target(sig, prot, "reflecting"), plane
+
+
+def config(iterations=6, **kw) -> ReconConfig:
+    return ReconConfig(stages=[
+        StageConfig(name="a", sequences=[1], iterations=iterations // 2, warmup=1,
+                    priors={"continuity": 1.0, "manifold": 1.0}),
+        StageConfig(name="b", sequences="all", iterations=iterations - iterations // 2,
+                    warmup=1, priors={"continuity": 1.0}),
+    ], checkpoint_every=1, **kw)
+
+
+def test_outputs_and_log(problem, tmp_path):
+    grid, target, plane = problem
+    rec, metrics = reconstruct(grid, target, tmp_path, config=config(),
+                               reference_faces=plane, progress=False)
+    for name in ("kappa.npz", "metrics.json", "log.jsonl", "config.yaml", "loss.png",
+                 "signals.png", "kappa_hist.png", "surface.png", "grid_kappa.vtu"):
+        assert (tmp_path / name).is_file(), name
+    lines = (tmp_path / "log.jsonl").read_text().splitlines()
+    assert [json.loads(ln)["iteration"] for ln in lines] == list(range(6))
+    k = np.load(tmp_path / "kappa.npz")
+    assert k["kappa"].shape == (grid.n_faces,) and np.array_equal(k["faces"], grid.faces)
+    assert np.array_equal(k["barrier"], np.flatnonzero(k["kappa"] < 1e-3))
+    assert np.all((k["kappa"] >= 1e-5 * (1 - 1e-12)) & (k["kappa"] <= 0.1 * (1 + 1e-12)))
+    assert "f1" in metrics and metrics["outer_boundary"] == "reflecting"
+    assert all(np.isfinite(h["loss"]) and h["modes"] > 0 for h in rec.history)
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_interrupted_run_resumes_to_identical_kappa(problem, tmp_path):
+    grid, target, _ = problem
+    full = Reconstructor(grid, target, config(), progress=False).fit(tmp_path / "a")
+    calls = {"n": 0}
+
+    def dying(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise Interrupt
+        return simulate(*args, **kwargs)
+
+    with pytest.raises(Interrupt):
+        Reconstructor(grid, target, config(), simulate=dying, progress=False).fit(
+            tmp_path / "b")
+    resumed = Reconstructor(grid, target, config(), progress=False).fit(tmp_path / "b")
+    assert np.array_equal(full.kappa, resumed.kappa)
+    assert len((tmp_path / "b" / "log.jsonl").read_text().splitlines()) == 6
+
+
+def test_non_finite_loss_rolls_back_and_lowers_the_step(problem, tmp_path):
+    grid, target, _ = problem
+    calls = {"n": 0}
+
+    def flaky(*args, **kwargs):
+        calls["n"] += 1
+        s = simulate(*args, **kwargs)
+        return s * float("nan") if calls["n"] == 2 else s
+
+    rec = Reconstructor(grid, target, config(), simulate=flaky, progress=False).fit()
+    assert rec.info["rollbacks"] == 1
+    assert np.all(np.isfinite(rec.kappa)) and len(rec.history) == 6
+
+
+def test_resume_refuses_another_config(problem, tmp_path):
+    grid, target, _ = problem
+    Reconstructor(grid, target, config(), progress=False).fit(tmp_path)
+    from spinverse.errors import ConfigError
+
+    with pytest.raises(ConfigError):
+        Reconstructor(grid, target, config(seed=3), progress=False).fit(tmp_path)
+
+
+def test_same_command_twice_gives_identical_kappa(problem):
+    grid, target, _ = problem
+    a = Reconstructor(grid, target, config(), progress=False).fit()
+    b = Reconstructor(grid, target, config(), progress=False).fit()
+    assert np.array_equal(a.kappa, b.kappa)
+    assert torch.get_default_dtype() == torch.float32  # the loop does not change globals
