@@ -205,16 +205,29 @@ def reconstruct(
              "and the reference-compatible Robin boundary).")] = None,
     iterations: Annotated[int | None, typer.Option(
         help="Scale every stage so the run has about this many iterations in all.")] = None,
+    bvals: Annotated[Path | None, typer.Option(
+        help="FSL bvals (s/mm²) of a NIfTI --target.")] = None,
+    bvecs: Annotated[Path | None, typer.Option(help="FSL bvecs of a NIfTI --target.")] = None,
+    voxel: Annotated[str | None, typer.Option(
+        help="Voxel i,j,k of a NIfTI --target (or --mask).")] = None,
+    mask: Annotated[Path | None, typer.Option(
+        help="Mask image: fit the mean signal of its voxels (NIfTI --target).")] = None,
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
 ) -> None:
-    """Recover per-face permeability (κ in µm/µs) from a target signal."""
+    """Recover per-face permeability (κ in µm/µs) from a target signal.
+
+    The target is SIGNALS.npz (from `spinverse simulate`), or a 4-D NIfTI image
+    (.nii/.nii.gz, needs the `nifti` extra) with --bvals, --bvecs, --voxel or --mask and
+    --protocol (its diffusivity, ℓ and sequence; its b-values and directions come from the
+    image). A measured signal is rescaled so that its b = 0 mean equals the grid volume
+    (µm³, the b = 0 signal of a closed sample) and is fitted with a reflecting outer
+    boundary unless --outer-boundary says otherwise.
+    """
     import numpy as np
 
     from spinverse.recon.config import load_config, published_preset
-    from spinverse.recon.noise import add_noise
     from spinverse.recon.reconstructor import Target
     from spinverse.recon.workflow import case_target
-    from spinverse.recon.workflow import reconstruct as run_reconstruction
 
     cfg = load_config(config) if config is not None else published_preset()
     cfg = cfg.model_copy(update={"seed": seed})
@@ -232,6 +245,16 @@ def reconstruct(
         from spinverse.io.signals import load_signals
         from spinverse.mesh.io import load_mesh
 
+        if _is_nifti(target):
+            the_grid = load_mesh(grid).grid
+            tgt = _nifti_target(target, bvals, bvecs, voxel, mask, protocol, the_grid)
+            if config is None:
+                from spinverse.recon.config import no_curriculum
+
+                cfg = no_curriculum(cfg, sequences="all")
+            _run_reconstruction(the_grid, tgt, out, cfg, None, outer_boundary, noise, snr,
+                                seed, str(target), quiet)
+            return
         sig = load_signals(target)
         the_grid = load_mesh(grid).grid
         prot = load_protocol(protocol) if protocol is not None else sig.protocol
@@ -246,17 +269,73 @@ def reconstruct(
                 truth = np.empty(the_grid.n_faces)
                 truth[idx] = sig.kappa
                 reference = np.flatnonzero(truth < cfg.threshold)
+    _run_reconstruction(the_grid, tgt, out, cfg, reference, outer_boundary, noise, snr,
+                        seed, case or "", quiet)
+
+
+def _run_reconstruction(the_grid, tgt, out: Path, cfg, reference, outer_boundary,
+                        noise, snr: float, seed: int, label: str, quiet: bool) -> None:
+    from spinverse.recon.noise import add_noise
+    from spinverse.recon.reconstructor import Target
+    from spinverse.recon.workflow import reconstruct as run_reconstruction
+
     if outer_boundary is not None:
         tgt = Target(tgt.signal, tgt.protocol, outer_boundary.value)
     if noise is not None:
         tgt = Target(add_noise(tgt.signal, snr=snr, kind=noise.value, seed=seed),
                      tgt.protocol, tgt.outer_boundary)
-    extra = {"case": case or "", "noise": noise.value if noise else "none",
+    extra = {"case": label, "noise": noise.value if noise else "none",
              "snr": snr if noise else None, "seed": seed}
     rec, metrics = run_reconstruction(the_grid, tgt, out, config=cfg,
                                       reference_faces=reference, progress=not quiet,
                                       extra=extra)
     typer.echo(_summary(out, rec, metrics))
+
+
+def _is_nifti(path: Path) -> bool:
+    name = path.name.lower()
+    return name.endswith(".nii") or name.endswith(".nii.gz")
+
+
+def _nifti_target(image: Path, bvals: Path | None, bvecs: Path | None, voxel: str | None,
+                  mask: Path | None, protocol: Path | None, grid):
+    """The Target of one voxel (or a mask's mean) of a 4-D NIfTI image, rescaled so that
+    its b = 0 row equals the grid volume (µm³), reflecting outer boundary."""
+    import numpy as np
+
+    from spinverse.acquisition.protocol import load_protocol
+    from spinverse.io.nifti import read_voxel_signal
+    from spinverse.recon.reconstructor import Target
+
+    missing = [flag for flag, v in (("--bvals", bvals), ("--bvecs", bvecs),
+                                    ("--protocol", protocol)) if v is None]
+    if missing:
+        fail(f"{image}: a NIfTI target needs {', '.join(missing)} (the protocol gives the "
+             "diffusivity, ℓ and the sequence)")
+    if (voxel is None) == (mask is None):
+        fail(f"{image}: give exactly one of --voxel i,j,k and --mask MASK")
+    ijk = None
+    if voxel is not None:
+        try:
+            ijk = tuple(int(x) for x in voxel.split(","))
+        except ValueError:
+            ijk = ()
+        if len(ijk) != 3:
+            fail(f"--voxel: expected three integers i,j,k, got {voxel!r}")
+    template = load_protocol(protocol)  # type: ignore[arg-type]
+    seq = template.sequences[0] if template.n_sequences == 1 else None
+    if seq is None:
+        fail(f"{protocol}: a NIfTI target has one sequence; the protocol has "
+             f"{template.n_sequences}")
+    signal, prot = read_voxel_signal(image, bvals, bvecs, ijk, mask,  # type: ignore[arg-type]
+                                     protocol_template=template)
+    zero = np.flatnonzero(prot.bvalues == 0)
+    if len(zero) == 0:
+        fail(f"{bvals}: a NIfTI target needs b = 0 volumes (the signal's scale)")
+    s0 = float(np.abs(signal[:, zero[0], :]).mean())
+    if not np.isfinite(s0) or s0 <= 0:
+        fail(f"{image}: the b = 0 signal is {s0:g}; cannot normalise")
+    return Target(signal * (grid.volume / s0), prot, "reflecting")
 
 
 def _summary(out: Path, rec, metrics: dict) -> str:

@@ -164,13 +164,17 @@ def ablation_arm(name: str) -> ReconConfig:
     return published_preset().with_priors(**ABLATION_ARMS[name])
 
 
-def no_curriculum(config: ReconConfig | None = None) -> ReconConfig:
-    """One stage fitting the long and middle sequences together for the same total
-    iterations (the control that shows why the curriculum matters)."""
+def no_curriculum(config: ReconConfig | None = None,
+                  sequences: list[int] | Literal["all"] | None = None) -> ReconConfig:
+    """One stage fitting ``sequences`` (default: the long and middle ones, [1, 2])
+    together for the same total iterations, with the last stage's priors (the control
+    that shows why the curriculum matters; also the default for a target with a single
+    sequence, e.g. one measured voxel)."""
     base = config or published_preset()
     last = base.stages[-1]
-    stage = StageConfig(name="joint", sequences=[1, 2], iterations=base.total_iterations,
-                        warmup=base.stages[0].warmup, priors=dict(last.priors))
+    stage = StageConfig(name="joint", sequences=[1, 2] if sequences is None else sequences,
+                        iterations=base.total_iterations, warmup=base.stages[0].warmup,
+                        priors=dict(last.priors))
     return base.model_copy(update={"stages": [stage]})
 
 

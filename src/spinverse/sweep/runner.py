@@ -53,7 +53,7 @@ def _target(spec: RunSpec):
     if isinstance(case, str):
         from spinverse.recon.workflow import case_target
 
-        return case_target(case)
+        return case_target(case, protocol=_protocol(spec))
     if isinstance(case, MeshCase):
         from spinverse.io.signals import load_signals
         from spinverse.mesh.io import load_mesh
@@ -69,11 +69,20 @@ def _target(spec: RunSpec):
                 truth[idx] = sig.kappa
                 reference = np.flatnonzero(truth < 1e-3)
         return grid, Target(sig.signal, sig.protocol, sig.outer_boundary), reference
-    return _phantom_target(case)
+    return _phantom_target(case, _protocol(spec))
 
 
-def _phantom_target(case: PhantomCase):
+def _protocol(spec: RunSpec):
+    """The published protocol, with the arm's eigen truncation length ℓ (µm) if set."""
     from spinverse.acquisition.protocol import published_protocol
+
+    prot = published_protocol()
+    if spec.arm.length_scale is not None:
+        prot = prot.replace(length_scale=spec.arm.length_scale)
+    return prot
+
+
+def _phantom_target(case: PhantomCase, prot):
     from spinverse.forward import simulate_signal
     from spinverse.mesh.generators import bcc_grid
     from spinverse.mesh.phantoms import (
@@ -93,7 +102,6 @@ def _phantom_target(case: PhantomCase):
         shape = random_bent_axon(case.seed, radius=case.radius, box=(lo, hi))
     barrier = barrier_faces(grid, voxelise(grid, shape))
     kappa = phantom_kappa(grid, barrier)
-    prot = published_protocol()
     sim = simulate_signal(grid, kappa, prot, outer_boundary="robin")
     return grid, Target(sim.signal, prot, "robin"), barrier
 

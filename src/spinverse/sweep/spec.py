@@ -9,6 +9,7 @@ arms:                           # name -> preset (ablation arm) and overrides
   both: {preset: both}
   joint: {preset: joint}
   short: {preset: both, iterations: 100, config: {seed: 3}}
+  light: {preset: both, length_scale: 4.0, config: {parameterisation: {start_kappa: 0.01}}}
 seeds: [0]
 noise: [none, {kind: rician, snr: 50}]
 ```
@@ -55,6 +56,9 @@ class Arm(_Strict):
     iterations: int | None = Field(None, gt=0, description="scale stages to this total")
     config: dict[str, Any] = Field(default_factory=dict,
                                    description="top-level RECON.yaml keys overriding the preset")
+    length_scale: float | None = Field(
+        None, gt=0, description="eigen truncation length ℓ (µm) of the published protocol "
+        "used to simulate and fit benchmark and phantom targets (default: its 2 µm)")
 
 
 class Noise(_Strict):
