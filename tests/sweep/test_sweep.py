@@ -117,3 +117,16 @@ def test_sweep_yaml_round_trip(tmp_path):
     s = load_sweep(p)
     (run,) = expand(s, tmp_path)
     assert run.run_id.endswith("seed0-gaussian20") and run.arm.preset == "joint"
+
+
+def test_arm_length_scale_sets_the_protocol():
+    """An arm's ℓ (µm) replaces the published protocol's 2 µm for benchmark targets."""
+    from spinverse.sweep.runner import _protocol
+
+    sweep = SweepConfig.model_validate({"cases": ["018"], "arms": {
+        "light": {"preset": "both", "length_scale": 4.0}, "published": {"preset": "both"}}})
+    runs = {r.arm_name: r for r in expand(sweep)}
+    assert _protocol(runs["light"]).length_scale == 4.0
+    assert _protocol(runs["published"]).length_scale == 2.0
+    with pytest.raises(ValueError):
+        SweepConfig.model_validate({"arms": {"x": {"length_scale": -1.0}}})
