@@ -109,3 +109,53 @@ def test_same_command_twice_gives_identical_kappa(problem):
     b = Reconstructor(grid, target, config(), progress=False).fit()
     assert np.array_equal(a.kappa, b.kappa)
     assert torch.get_default_dtype() == torch.float32  # the loop does not change globals
+
+
+def _frozen(**kw) -> ReconConfig:
+    cfg = config(iterations=10, **kw)
+    return cfg.model_copy(update={"optimizer": cfg.optimizer.model_copy(
+        update={"eigen_refresh": 3})})
+
+
+def test_eigen_refresh_freezes_the_basis_between_solves(problem):
+    grid, target, _ = problem
+    frozen_calls = []
+
+    def spy(*args, **kwargs):
+        frozen_calls.append("basis" in kwargs)
+        return simulate(*args, **kwargs)
+
+    rec = Reconstructor(grid, target, _frozen(), simulate=spy, progress=False).fit()
+    # stages of 5 iterations, a solve at 0 and 3 of each stage, then the exact final loss
+    assert frozen_calls == [False, True, True, False, True] * 2 + [False]
+    assert np.all(np.isfinite(rec.kappa)) and np.isfinite(rec.data_loss)
+
+
+def test_interrupted_frozen_basis_run_resumes_to_identical_kappa(problem, tmp_path):
+    grid, target, _ = problem
+    full = Reconstructor(grid, target, _frozen(), progress=False).fit(tmp_path / "a")
+    calls = {"n": 0}
+
+    def dying(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 8:  # iteration 7: inside a frozen block of stage b
+            raise Interrupt
+        return simulate(*args, **kwargs)
+
+    with pytest.raises(Interrupt):
+        Reconstructor(grid, target, _frozen(), simulate=dying, progress=False).fit(
+            tmp_path / "b")
+    resumed = Reconstructor(grid, target, _frozen(), progress=False).fit(tmp_path / "b")
+    assert np.array_equal(full.kappa, resumed.kappa)
+
+
+def test_checkpoint_from_before_a_new_config_field_still_resumes():
+    from spinverse.recon.config import dump_config
+    from spinverse.recon.reconstructor import _same_config
+
+    cfg = config()
+    old = "\n".join(ln for ln in dump_config(cfg).splitlines() if "eigen_refresh" not in ln)
+    assert old != dump_config(cfg)
+    assert _same_config(old, cfg)
+    assert not _same_config(old, config(seed=3))
+    assert not _same_config("{not: [valid", cfg)

@@ -63,12 +63,15 @@ class SimulationCache:
 
     Keeps the assembled FE models (per grid, D, boundary mode and set of κ = ∞ faces), the
     block Cholesky factor of M, the last number of kept modes (``k_guess`` of the sparse
-    eigen-solver) and the :class:`SimulationInfo` of the last call (``last``).
+    eigen-solver), the kept eigenvectors of the last eigen-solve (``vectors``, (N, n),
+    M-orthonormal: a basis to freeze with ``simulate(..., basis=...)``) and the
+    :class:`SimulationInfo` of the last call (``last``).
     """
 
     def __init__(self) -> None:
         self._models: dict[tuple, tuple[Any, FEModel, Any, FluxBlocks]] = {}
         self.k_guess: int | None = None
+        self.vectors: np.ndarray | None = None
         self.last: SimulationInfo | None = None
 
     def model(
@@ -137,6 +140,27 @@ def _sequence_q(protocol: Protocol, i: int) -> np.ndarray:
     return np.asarray(protocol.q(i), dtype=float)
 
 
+def ritz_spectrum(fe: FEModel, a: Any, basis: np.ndarray, lambda_max: float) -> Spectrum:
+    """Galerkin (Ritz) modes of (A, M) on a frozen M-orthonormal ``basis`` (N, m).
+
+    The eigenpairs of the m × m matrix Φᵀ A Φ, rotated back: the model is the FE operator
+    restricted to span(Φ). Its gradient with respect to κ is the frozen-basis formula
+    (no subspace-rotation term), exact for this restricted model."""
+    basis = np.asarray(basis, dtype=float)
+    if basis.ndim != 2 or basis.shape[0] != fe.n_dofs or basis.shape[1] == 0:
+        raise SolverError(f"frozen basis must have shape ({fe.n_dofs}, m ≥ 1), "
+                          f"got {basis.shape}")
+    c = basis.T @ np.asarray(a @ basis)
+    c = 0.5 * (c + c.T)
+    values, u = np.linalg.eigh(c)
+    vectors = basis @ u
+    return Spectrum(
+        values=values, vectors=np.ascontiguousarray(vectors),
+        extra_values=np.empty(0), extra_vectors=np.empty((fe.n_dofs, 0)),
+        lambda_max=float(lambda_max), next_value=np.inf, method="frozen", complete=False,
+    )
+
+
 def forward_numpy(
     grid: TetGrid,
     kappa: np.ndarray,
@@ -151,8 +175,12 @@ def forward_numpy(
     n_threads: int | None = None,
     keep: bool = True,
     correction: bool = True,
+    basis: np.ndarray | None = None,
 ) -> tuple[np.ndarray, ForwardState]:
-    """S (n_seq, n_b, n_dir) complex µm³ and the state for :func:`backward_numpy`."""
+    """S (n_seq, n_b, n_dir) complex µm³ and the state for :func:`backward_numpy`.
+
+    With ``basis`` (N, m) the eigen-solve is replaced by :func:`ritz_spectrum` on that
+    frozen basis (and the gradient is the frozen-basis one)."""
     cache = cache if cache is not None else SimulationCache()
     nthr = _threads(n_threads)
     timings: dict[str, float] = {}
@@ -163,11 +191,17 @@ def forward_numpy(
         a = fe.operator(k)
         t1 = time.perf_counter()
         timings["assemble"] = t1 - t0
-        spec = solve_spectrum(
-            fe, a, protocol.lambda_max, method=eig_method, cluster_rtol=cluster_rtol,
-            k_guess=k_guess if k_guess is not None else cache.k_guess, linv=linv,
-            n_threads=nthr,
-        )
+        if basis is None:
+            spec = solve_spectrum(
+                fe, a, protocol.lambda_max, method=eig_method, cluster_rtol=cluster_rtol,
+                k_guess=k_guess if k_guess is not None else cache.k_guess, linv=linv,
+                n_threads=nthr,
+            )
+            cache.vectors = spec.vectors
+        else:
+            with _blas(nthr, basis.shape[1] >= THREADED_MIN_MODES):
+                spec = ritz_spectrum(fe, a, basis, protocol.lambda_max)
+            correction = False
         t2 = time.perf_counter()
         timings["eigen"] = t2 - t1
         v = spec.vectors
@@ -197,7 +231,8 @@ def forward_numpy(
     if not np.all(np.isfinite(out)):
         raise SolverError("the differentiable matrix-formalism solver produced a non-finite "
                           "signal")
-    cache.k_guess = spec.n_modes
+    if basis is None:
+        cache.k_guess = spec.n_modes
     info = SimulationInfo(
         outer_boundary=outer_boundary, n_dofs=fe.n_dofs, n_modes=spec.n_modes,
         eigen_gap=spec.gap, next_value=spec.next_value, eig_method=spec.method,
@@ -281,6 +316,7 @@ def simulate(
     k_guess: int | None = None,
     n_threads: int | None = None,
     correction: bool = True,
+    basis: np.ndarray | None = None,
 ) -> torch.Tensor:
     """Differentiable signal S (n_sequences, n_bvalues, n_directions), complex128, µm³.
 
@@ -299,7 +335,10 @@ def simulate(
     the CPUs available; results are bit-for-bit reproducible for a given ``n_threads`` and
     agree to round-off across values; on a machine where other jobs keep a core busy,
     ``n_threads=1`` can be faster), ``correction=False`` (frozen-basis gradient, for
-    diagnostics only).
+    diagnostics only), ``basis``: (N, m) M-orthonormal vectors, e.g. ``cache.vectors``
+    of an earlier call, to skip the eigen-solve and use the Galerkin model on that frozen
+    basis (:func:`ritz_spectrum`; the published method's "eigenbasis refreshed every k
+    iterations"); the gradient is then exact for that restricted model.
 
     Cost: one eigen-solve (dense LAPACK when many modes are kept, else shift-invert
     Lanczos) and one batched Chebyshev pass per sequence forward; the backward pass
@@ -314,7 +353,7 @@ def simulate(
         "protocol": protocol,
         "kwargs": dict(outer_boundary=outer_boundary, eig_method=eig_method,
                        cluster_rtol=cluster_rtol, tol=tol, cache=cache, k_guess=k_guess,
-                       n_threads=n_threads, correction=correction),
+                       n_threads=n_threads, correction=correction, basis=basis),
     }
     return _SimulateFunction.apply(kappa, opts)
 

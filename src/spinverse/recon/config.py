@@ -56,6 +56,12 @@ class OptimizerConfig(_Strict):
     lr: float = Field(0.6, gt=0, description="peak Adam learning rate (on the logits)")
     betas: tuple[float, float] = (0.9, 0.999)
     clip_norm: float = Field(1.0, gt=0, description="gradient-norm clip")
+    eigen_refresh: int = Field(
+        1, ge=1,
+        description="iterations between eigen-solves; in between, the eigenbasis of the "
+                    "last solve is frozen (Galerkin model on it, exact gradient of that "
+                    "model). 1: a fresh solve and the exact gradient every iteration; the "
+                    "published method refreshes every 10")
 
 
 class StageConfig(_Strict):

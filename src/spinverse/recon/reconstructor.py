@@ -134,13 +134,17 @@ class Reconstructor:
         self.views = _stage_views(target, config)
 
     # ----------------------------------------------------------------- losses
-    def data_loss(self, kappa: torch.Tensor, stage_index: int) -> torch.Tensor:
-        """100 × mean over (sequence, b, direction) of (|S|/S0_target − |T|/S0_target)²."""
+    def data_loss(self, kappa: torch.Tensor, stage_index: int,
+                  basis: np.ndarray | None = None) -> torch.Tensor:
+        """100 × mean over (sequence, b, direction) of (|S|/S0_target − |T|/S0_target)²;
+        with ``basis``, on that frozen eigenbasis (see ``optimizer.eigen_refresh``)."""
         from spinverse.autodiff.losses import signal_loss
 
         view = self.views[stage_index]
+        extra = {} if basis is None else {"basis": basis}
         s = self._simulate(self.grid, kappa, view["protocol"],
-                           outer_boundary=self.target.outer_boundary, cache=self.cache)
+                           outer_boundary=self.target.outer_boundary, cache=self.cache,
+                           **extra)
         return signal_loss(s, view["target"], view["s0"], scale=self.config.data_scale)
 
     def prior_terms(self, v: torch.Tensor, weights: dict[str, float]) -> dict[str, torch.Tensor]:
@@ -207,13 +211,18 @@ class Reconstructor:
         stage_best: dict[int, tuple[float, int]] = {}
         skip_to: int | None = None
         elapsed = 0.0
+        # Frozen eigenbasis (optimizer.eigen_refresh > 1): the κ of the last eigen-solve
+        # and its kept modes; a checkpoint stores the κ, resume recomputes the modes.
+        basis_kappa: np.ndarray | None = None
+        basis: np.ndarray | None = None
+        force_refresh = False
         if run_dir is not None:
             run_dir.mkdir(parents=True, exist_ok=True)
             (run_dir / "config.yaml").write_text(dump_config(cfg))
             ck = run_dir / CHECKPOINT
             if ck.is_file():
                 state = torch.load(ck, weights_only=False)
-                if state["config"] != dump_config(cfg):
+                if not _same_config(state["config"], cfg):
                     raise ConfigError(f"{ck} was written with another configuration; "
                                       "use a new run folder", field="config")
                 with torch.no_grad():
@@ -222,7 +231,12 @@ class Reconstructor:
                 start, history = state["iteration"], state["history"]
                 lr_factor, stage_best = state["lr_factor"], state["stage_best"]
                 skip_to, elapsed = state["skip_to"], state["seconds"]
+                basis_kappa = state.get("basis_kappa")
                 _truncate_log(run_dir / LOG, start)
+        if basis_kappa is not None:
+            with torch.no_grad():
+                self.data_loss(torch.from_numpy(basis_kappa), locate(cfg, start).stage_index)
+            basis = self.cache.vectors
         good = (v.detach().clone(), _opt_state(opt))
         bar = _progress(cfg.total_iterations, start, self.progress)
         t0 = time.perf_counter()
@@ -239,7 +253,13 @@ class Reconstructor:
                 g["lr"] = lr
             opt.zero_grad()
             kappa = self.param.kappa(v)
-            data = self.data_loss(kappa, step.stage_index)
+            refresh = cfg.optimizer.eigen_refresh
+            frozen = (refresh > 1 and basis is not None and not force_refresh
+                      and (it - stage_start(cfg, step.stage_index)) % refresh != 0)
+            data = self.data_loss(kappa, step.stage_index, basis if frozen else None)
+            if refresh > 1 and not frozen:
+                basis, force_refresh = self.cache.vectors, False
+                basis_kappa = kappa.detach().numpy().copy()
             terms = self.prior_terms(v, prior_weights(step))
             loss = data + sum(terms.values(), torch.zeros((), dtype=torch.float64))
             ok = bool(torch.isfinite(loss))
@@ -255,6 +275,7 @@ class Reconstructor:
                     v.copy_(good[0])
                 opt.load_state_dict(good[1])
                 lr_factor *= 0.5
+                force_refresh = True
                 log.warning("non-finite loss/gradient at iteration %d: rolled back, lr × %g",
                             it, lr_factor)
                 continue
@@ -297,6 +318,7 @@ class Reconstructor:
                     "v": v.detach().clone(), "optimizer": opt.state_dict(), "iteration": it,
                     "history": history, "lr_factor": lr_factor, "stage_best": stage_best,
                     "skip_to": skip_to, "config": dump_config(cfg),
+                    "basis_kappa": basis_kappa,
                     "seconds": elapsed + time.perf_counter() - t0,
                 })
         bar.close()
@@ -313,6 +335,17 @@ class Reconstructor:
             restart=restart,
             info={"rollbacks": rollbacks},
         )
+
+
+def _same_config(text: str, config: ReconConfig) -> bool:
+    """Whether a checkpoint's config text resolves to ``config`` (fields added to the
+    schema since then take their defaults)."""
+    import yaml
+
+    try:
+        return ReconConfig.model_validate(yaml.safe_load(text)) == config
+    except (ValueError, yaml.YAMLError):
+        return False
 
 
 def _opt_state(opt: torch.optim.Optimizer) -> dict:
