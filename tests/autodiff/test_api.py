@@ -151,3 +151,23 @@ def test_worker_threads_agree(bench) -> None:
     g1, g2 = grad(1), grad(2)
     np.testing.assert_allclose(g2, g1, rtol=0, atol=1e-10 * np.abs(g1).max())
     np.testing.assert_array_equal(g2, grad(2))
+
+
+def test_thread_limit_and_environment(monkeypatch) -> None:
+    from spinverse.autodiff.functions import _threads, thread_limit
+    from spinverse.errors import SolverError
+
+    monkeypatch.delenv("SPINVERSE_NUM_THREADS", raising=False)
+    assert _threads(3) == 3
+    with thread_limit(1):
+        assert _threads(None) == 1
+        assert _threads(2) == 2  # an explicit argument wins
+        with thread_limit(None):
+            assert _threads(None) >= 1
+    monkeypatch.setenv("SPINVERSE_NUM_THREADS", "5")
+    assert _threads(None) == 5
+    with thread_limit(2):
+        assert _threads(None) == 2
+    monkeypatch.setenv("SPINVERSE_NUM_THREADS", "many")
+    with pytest.raises(SolverError, match="SPINVERSE_NUM_THREADS"):
+        _threads(None)

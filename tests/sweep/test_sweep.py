@@ -130,3 +130,21 @@ def test_arm_length_scale_sets_the_protocol():
     assert _protocol(runs["published"]).length_scale == 2.0
     with pytest.raises(ValueError):
         SweepConfig.model_validate({"arms": {"x": {"length_scale": -1.0}}})
+
+
+def test_each_run_uses_one_thread(tmp_path, monkeypatch):
+    """Process workers share the machine: a run must not start more threads than its core."""
+    import spinverse.recon.workflow as workflow
+    from spinverse.autodiff.functions import _threads
+
+    seen = {}
+
+    def fake_reconstruct(grid, target, folder, **kw):
+        seen["threads"] = _threads(None)
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(workflow, "reconstruct", fake_reconstruct)
+    spec = expand(SweepConfig.model_validate({"cases": ["018"]}), tmp_path)[0]
+    rec = run_one(spec, str(tmp_path), figures=False)
+    assert seen["threads"] == 1
+    assert rec["status"] == "failed" and "stop here" in rec["error"]

@@ -16,6 +16,7 @@ from spinverse.autodiff.functions import (
     SimulationInfo,
     simulate,
     simulate_numpy,
+    thread_limit,
 )
 from spinverse.autodiff.losses import b0_magnitude, normalised_magnitude, signal_loss
 
@@ -27,4 +28,5 @@ __all__ = [
     "signal_loss",
     "simulate",
     "simulate_numpy",
+    "thread_limit",
 ]

@@ -12,9 +12,11 @@ Units: κ µm/µs, S µm³, b s/mm², times µs, λ 1/µs.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import os
 import time
 import weakref
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,7 +43,9 @@ from spinverse.mesh.grid import TetGrid
 from spinverse.solvers.chebyshev import DEFAULT_TOL
 from spinverse.solvers.mf import SMOOTH_WAVEFORM_SEGMENT_US
 
-__all__ = ["SimulationCache", "SimulationInfo", "simulate", "simulate_numpy"]
+__all__ = [
+    "SimulationCache", "SimulationInfo", "simulate", "simulate_numpy", "thread_limit",
+]
 
 
 @dataclass
@@ -92,9 +96,36 @@ class SimulationCache:
         return fe, linv, blocks
 
 
+_THREAD_LIMIT: contextvars.ContextVar[int | None] = contextvars.ContextVar(
+    "spinverse_thread_limit", default=None)
+
+
+@contextlib.contextmanager
+def thread_limit(n_threads: int | None) -> Iterator[None]:
+    """Within the block (this thread), :func:`simulate` calls that do not pass
+    ``n_threads`` use ``n_threads`` CPU threads (None: the default). Process-pool workers
+    that share a machine set 1, so they do not oversubscribe the cores."""
+    token = _THREAD_LIMIT.set(None if n_threads is None else max(1, int(n_threads)))
+    try:
+        yield
+    finally:
+        _THREAD_LIMIT.reset(token)
+
+
 def _threads(n_threads: int | None) -> int:
+    """Threads for one call: ``n_threads``, else :func:`thread_limit`, else the
+    ``SPINVERSE_NUM_THREADS`` environment variable, else the CPUs available."""
     if n_threads is not None:
         return max(1, int(n_threads))
+    limit = _THREAD_LIMIT.get()
+    if limit is not None:
+        return limit
+    env = os.environ.get("SPINVERSE_NUM_THREADS", "").strip()
+    if env:
+        try:
+            return max(1, int(env))
+        except ValueError:
+            raise SolverError(f"SPINVERSE_NUM_THREADS must be an integer, got {env!r}") from None
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # pragma: no cover - non-Linux
@@ -332,8 +363,9 @@ def simulate(
     ``cache.last`` holds the :class:`SimulationInfo`), ``k_guess`` (expected number of
     modes, sparse solver), ``n_threads`` (CPU threads: worker threads over gradient
     directions for the propagators, BLAS threads for the large dense products; default:
-    the CPUs available; results are bit-for-bit reproducible for a given ``n_threads`` and
-    agree to round-off across values; on a machine where other jobs keep a core busy,
+    :func:`thread_limit`, else ``$SPINVERSE_NUM_THREADS``, else the CPUs available;
+    results are bit-for-bit reproducible for a given ``n_threads`` and agree to round-off
+    across values; on a machine where other jobs keep a core busy,
     ``n_threads=1`` can be faster), ``correction=False`` (frozen-basis gradient, for
     diagnostics only), ``basis``: (N, m) M-orthonormal vectors, e.g. ``cache.vectors``
     of an earlier call, to skip the eigen-solve and use the Galerkin model on that frozen

@@ -130,7 +130,10 @@ def run_one(spec: RunSpec, out: str, *, figures: bool = True) -> dict[str, Any]:
             target = Target(add_noise(target.signal, snr=spec.noise.snr or 100.0,
                                       kind=spec.noise.kind, seed=spec.seed),
                             target.protocol, target.outer_boundary)
-        with threadpool_limits(limits=1, user_api="blas"):
+        from spinverse.autodiff.functions import thread_limit
+
+        # one core per worker: BLAS and the propagators' worker threads both
+        with threadpool_limits(limits=1, user_api="blas"), thread_limit(1):
             _, metrics = reconstruct(grid, target, folder, config=cfg,
                                      reference_faces=reference, progress=False,
                                      figures=figures, extra=base)
