@@ -139,10 +139,16 @@ def _dense(
     c = la.solve_triangular(chol, a, lower=True, check_finite=False)
     c = la.solve_triangular(chol, c.T, lower=True, check_finite=False)
     c = 0.5 * (c + c.T)
-    values, y = la.eigh(c, subset_by_value=(-np.inf, 2.0 * lambda_max), driver="evr",
-                        check_finite=False)
+    try:
+        values, y = la.eigh(c, subset_by_value=(-np.inf, 2.0 * lambda_max), driver="evr",
+                            check_finite=False)
+    except la.LinAlgError:
+        # MRRR can fail on large clusters of (exactly) repeated eigenvalues, which
+        # symmetric grids have: take the whole spectrum by divide and conquer instead.
+        log.debug("eigh(evr) failed on %d unknowns; using the full spectrum (evd)", len(c))
+        values, y = la.eigh(c, driver="evd", check_finite=False)
     if _cut(values, lambda_max, cluster_rtol, scale) >= len(values) and len(values) < len(c):
-        values, y = la.eigh(c, driver="evr", check_finite=False)
+        values, y = la.eigh(c, driver="evd", check_finite=False)
     vectors = la.solve_triangular(chol.T, y, lower=False, check_finite=False)
     return values, vectors
 
