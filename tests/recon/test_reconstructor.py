@@ -61,9 +61,14 @@ class Interrupt(Exception):
     pass
 
 
-def test_interrupted_run_resumes_to_identical_kappa(problem, tmp_path):
+@pytest.mark.parametrize("optimizer", ["adam", "global_adam"])
+def test_interrupted_run_resumes_to_identical_kappa(problem, tmp_path, optimizer):
     grid, target, _ = problem
-    full = Reconstructor(grid, target, config(), progress=False).fit(tmp_path / "a")
+
+    def config_(**kw) -> ReconConfig:
+        return config(optimizer={"name": optimizer}, **kw)
+
+    full = Reconstructor(grid, target, config_(), progress=False).fit(tmp_path / "a")
     calls = {"n": 0}
 
     def dying(*args, **kwargs):
@@ -73,9 +78,9 @@ def test_interrupted_run_resumes_to_identical_kappa(problem, tmp_path):
         return simulate(*args, **kwargs)
 
     with pytest.raises(Interrupt):
-        Reconstructor(grid, target, config(), simulate=dying, progress=False).fit(
+        Reconstructor(grid, target, config_(), simulate=dying, progress=False).fit(
             tmp_path / "b")
-    resumed = Reconstructor(grid, target, config(), progress=False).fit(tmp_path / "b")
+    resumed = Reconstructor(grid, target, config_(), progress=False).fit(tmp_path / "b")
     assert np.array_equal(full.kappa, resumed.kappa)
     assert len((tmp_path / "b" / "log.jsonl").read_text().splitlines()) == 6
 

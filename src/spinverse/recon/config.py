@@ -53,6 +53,9 @@ class ParameterisationConfig(_Strict):
 
 
 class OptimizerConfig(_Strict):
+    name: Literal["adam", "global_adam"] = Field(
+        "adam", description="adam: per-face step normalisation (published); global_adam: "
+                            "one RMS for all faces, steps proportional to the gradient")
     lr: float = Field(0.6, gt=0, description="peak Adam learning rate (on the logits)")
     betas: tuple[float, float] = (0.9, 0.999)
     clip_norm: float = Field(1.0, gt=0, description="gradient-norm clip")

@@ -25,6 +25,7 @@ from spinverse.mesh.grid import TetGrid
 from spinverse.recon import priors as P
 from spinverse.recon.config import ReconConfig, dump_config
 from spinverse.recon.curriculum import learning_rate, locate, prior_weights, stage_start
+from spinverse.recon.optim import make_optimizer
 from spinverse.recon.parameterisation import LogSigmoidKappa
 
 log = logging.getLogger(__name__)
@@ -205,7 +206,8 @@ class Reconstructor:
     def _fit_one(self, restart: int, run_dir: Path | None) -> Reconstruction:
         cfg = self.config
         v = torch.nn.Parameter(self._initial_logits(restart))
-        opt = torch.optim.Adam([v], lr=cfg.optimizer.lr, betas=cfg.optimizer.betas)
+        opt = make_optimizer(cfg.optimizer.name, [v], lr=cfg.optimizer.lr,
+                             betas=cfg.optimizer.betas)
         start, history = 0, []
         lr_factor = 1.0
         stage_best: dict[int, tuple[float, int]] = {}
