@@ -36,13 +36,16 @@ def main() -> None:
                     help="eigen truncation length ℓ in µm (default: the published 2 µm)")
     ap.add_argument("--start-kappa", type=float,
                     help="initial κ on every face in µm/µs (default: the preset's 1e-3)")
+    ap.add_argument("--start", choices=["uniform", "adc_ellipsoid", "adc_tube"],
+                    help="start state (default: the preset's uniform κ)")
     ap.add_argument("--seeds", type=int, nargs="*", default=[0])
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--scheduler", help="Dask scheduler address or 'synchronous'")
     ap.add_argument("--out", type=Path, default=HERE / "runs" / "reconstruction")
     args = ap.parse_args()
-    overrides = ({"parameterisation": {"start_kappa": args.start_kappa}}
-                 if args.start_kappa else {})
+    param = {k: v for k, v in (("start_kappa", args.start_kappa), ("start", args.start))
+             if v is not None}
+    overrides = {"parameterisation": param} if param else {}
     noise = [Noise(kind=args.noise, snr=args.snr)] if args.noise else ["none"]
     sweep = SweepConfig(
         cases=args.cases or "all",

@@ -42,6 +42,11 @@ class ParameterisationConfig(_Strict):
     kappa_max: float = Field(0.1, gt=0, description="upper bound of κ, µm/µs")
     temperature: float = Field(1.0, gt=0, description="logit temperature τ")
     start_kappa: float = Field(1e-3, gt=0, description="initial κ on every face, µm/µs")
+    start: Literal["uniform", "adc_ellipsoid", "adc_tube"] = Field(
+        "uniform",
+        description="uniform: start_kappa everywhere (published); adc_ellipsoid / adc_tube: "
+                    "a closed ellipsoid / straight tube from the target's apparent diffusion "
+                    "tensor, sized to its |S(b=0)| (spinverse.recon.initial)")
     init_noise: float = Field(0.0, ge=0, description="std of logit noise at the start "
                               "(restarts > 0 always add 0.1)")
 

@@ -133,6 +133,7 @@ class Reconstructor:
                                      temperature=pc.temperature)
         self.topology = P.PriorTopology.from_grid(grid)
         self.views = _stage_views(target, config)
+        self._start: np.ndarray | None = None
 
     # ----------------------------------------------------------------- losses
     def data_loss(self, kappa: torch.Tensor, stage_index: int,
@@ -195,13 +196,35 @@ class Reconstructor:
     def _initial_logits(self, restart: int) -> torch.Tensor:
         pc = self.config.parameterisation
         gen = torch.Generator().manual_seed(self.config.seed + 7919 * restart)
-        v0 = self.param.logits_for_kappa(
-            torch.full((self.grid.n_faces,), pc.start_kappa, dtype=torch.float64))
+        v0 = self.param.logits_for_kappa(torch.from_numpy(self.start_kappa()))
         noise = pc.init_noise if restart == 0 else max(pc.init_noise, 0.1)
         if noise:
             v0 = v0 + noise * torch.randn(self.grid.n_faces, generator=gen,
                                           dtype=torch.float64)
         return v0
+
+    def start_kappa(self) -> np.ndarray:
+        """The start κ (F,) µm/µs before restart noise (``parameterisation.start``); a
+        data-informed start is kept 1 % of the log range inside (κ_min, κ_max)."""
+        pc = self.config.parameterisation
+        if self._start is None:
+            if pc.start == "uniform":
+                kappa = np.full(self.grid.n_faces, pc.start_kappa)
+            else:
+                from spinverse.recon.initial import adc_start_kappa
+
+                state = adc_start_kappa(self.grid, self.target.signal, self.target.protocol,
+                                        outer_boundary=self.target.outer_boundary,
+                                        shape=pc.start,
+                                        sizing_kappa=(pc.kappa_min, pc.kappa_max))
+                log.info("start: %s of size %.3g µm, %d tets, |S0| %.4g (target %.4g) µm³",
+                         pc.start, state.size, int(state.inside.sum()), state.s0,
+                         state.s0_target)
+                lo, hi = np.log10(pc.kappa_min), np.log10(pc.kappa_max)
+                margin = 1e-2 * (hi - lo)  # off the flat ends of the sigmoid
+                kappa = 10.0 ** np.clip(np.log10(state.kappa), lo + margin, hi - margin)
+            self._start = kappa
+        return self._start
 
     def _fit_one(self, restart: int, run_dir: Path | None) -> Reconstruction:
         cfg = self.config
