@@ -228,7 +228,9 @@ class Reconstructor:
 
     def _fit_one(self, restart: int, run_dir: Path | None) -> Reconstruction:
         cfg = self.config
-        v = torch.nn.Parameter(self._initial_logits(restart))
+        # The start (a data-informed one costs forward solves) only when not resuming.
+        v = torch.nn.Parameter(torch.zeros(self.grid.n_faces, dtype=torch.float64))
+        resumed = False
         opt = make_optimizer(cfg.optimizer.name, [v], lr=cfg.optimizer.lr,
                              betas=cfg.optimizer.betas)
         start, history = 0, []
@@ -258,6 +260,10 @@ class Reconstructor:
                 skip_to, elapsed = state["skip_to"], state["seconds"]
                 basis_kappa = state.get("basis_kappa")
                 _truncate_log(run_dir / LOG, start)
+                resumed = True
+        if not resumed:
+            with torch.no_grad():
+                v.copy_(self._initial_logits(restart))
         if basis_kappa is not None:
             with torch.no_grad():
                 self.data_loss(torch.from_numpy(basis_kappa), locate(cfg, start).stage_index)
