@@ -7,6 +7,8 @@ import re
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from spinverse.mesh.benchmark import benchmark_grid, case_barrier, case_names
 from spinverse.mesh.benchmark import enclosed_tets as bench_enclosed
@@ -128,6 +130,10 @@ def test_every_target_is_perfect_against_itself(grid, name):
         assert inside.sum() == int(n_tets.group(1))
     assert m["enclosed_volume"] == pytest.approx(inside.sum() * H**3 / 12)
     json.dumps(m, allow_nan=False)  # plain JSON values
+    # the closed interface of a closed target is the target itself
+    assert np.array_equal(M.closed_surface(grid, b), np.sort(b))
+    assert m["closed_f1"] == 1.0 and m["closed_n_faces"] == len(b)
+    assert m["closed_bad_pct"] == 0.0 and m["closed_chamfer"] == 0.0
 
 
 def test_surfaces_on_the_outer_wall_close_the_region(grid):
@@ -215,12 +221,47 @@ def test_open_and_branching_surfaces(grid):
     assert empty["n_edges"] == 0 and empty["bad_pct"] == 0.0
 
 
+def test_closed_surface_drops_fins_and_open_sheets(grid):
+    target = case_barrier("018")
+    assert len(M.closed_surface(grid, target[:10])) == 0  # an open sheet encloses nothing
+    # a fin: faces of other cube-diagonal planes inside the ball, same region both sides
+    inside = M.enclosed_tets(grid, target)
+    fins = [f for f in range(grid.n_faces)
+            if f not in set(target) and grid.face_tets[f, 1] >= 0
+            and inside[grid.face_tets[f]].all()][:5]
+    assert fins
+    pred = np.append(target, fins)
+    assert M.structural_validity(grid, pred)["bad_edges"] > 0
+    assert np.array_equal(M.closed_surface(grid, pred), np.sort(target))
+    m = M.evaluate(grid, kappa_of(grid, pred), target)
+    assert m["f1"] < 1.0 and m["closed_f1"] == 1.0 and m["closed_bad_pct"] == 0.0
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), n_random=st.integers(0, 300),
+       keep=st.floats(0.0, 1.0), case=st.sampled_from(["000", "007", "017", "018", "019"]))
+def test_closed_surface_properties(grid, seed, n_random, keep, case):
+    """For any barrier set: a subset of it, no open edge (even face count at every edge),
+    enclosing the same region, and a fixed point."""
+    rng = np.random.default_rng(seed)
+    target = case_barrier(case)
+    pred = np.union1d(target[rng.random(len(target)) < keep],
+                      rng.choice(grid.n_faces, n_random, replace=False))
+    closed = M.closed_surface(grid, pred)
+    assert np.all(np.isin(closed, pred))
+    d = np.bincount(grid.face_edges[closed].reshape(-1), minlength=grid.n_edges)
+    assert np.all(d % 2 == 0)
+    assert np.array_equal(M.enclosed_tets(grid, closed), M.enclosed_tets(grid, pred))
+    assert np.array_equal(M.closed_surface(grid, closed), closed)
+
+
 def test_empty_prediction(grid):
     target = case_barrier("018")
     m = M.evaluate(grid, np.full(grid.n_faces, 0.1), target)
     assert m["n_pred_faces"] == 0 and m["f1"] == 0.0 and m["f1_aligned"] == 0.0
     assert m["chamfer"] == np.inf and m["chamfer_aligned"] == np.inf
     assert m["enclosed_volume"] == 0.0 and m["volume_error_rel"] == pytest.approx(1.0)
+    assert m["closed_n_faces"] == 0 and m["closed_f1"] == 0.0
     json.dumps(m)  # inf is written as Infinity
 
 

@@ -14,6 +14,7 @@ from spinverse.autodiff import simulate
 from spinverse.forward import simulate_signal
 from spinverse.mesh.generators import uniform_box_grid
 from spinverse.recon.config import ReconConfig, StageConfig
+from spinverse.recon.metrics import closed_surface
 from spinverse.recon.reconstructor import Reconstructor, Target
 from spinverse.recon.workflow import reconstruct
 
@@ -52,6 +53,9 @@ def test_outputs_and_log(problem, tmp_path):
     k = np.load(tmp_path / "kappa.npz")
     assert k["kappa"].shape == (grid.n_faces,) and np.array_equal(k["faces"], grid.faces)
     assert np.array_equal(k["barrier"], np.flatnonzero(k["kappa"] < 1e-3))
+    assert np.array_equal(k["closed"], closed_surface(grid, k["barrier"]))
+    assert metrics["closed_n_faces"] == len(k["closed"])
+    assert (tmp_path / "surface_closed.ply").is_file() == (len(k["closed"]) > 0)
     assert np.all((k["kappa"] >= 1e-5 * (1 - 1e-12)) & (k["kappa"] <= 0.1 * (1 + 1e-12)))
     assert "f1" in metrics and metrics["outer_boundary"] == "reflecting"
     assert all(np.isfinite(h["loss"]) and h["modes"] > 0 for h in rec.history)

@@ -7,9 +7,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from typer.testing import CliRunner
 
+from spinverse.cli.main import app
 from spinverse.errors import ConfigError
-from spinverse.sweep.report import collect, write_report
+from spinverse.sweep.report import collect, rescore, write_report
 from spinverse.sweep.runner import METRICS, run_folder, run_one, run_sweep
 from spinverse.sweep.spec import MeshCase, SweepConfig, expand, load_sweep
 
@@ -92,6 +94,28 @@ def test_report_tables_and_figures(tmp_path):
     assert (tmp_path / "results.csv").read_text().count("\n") == 17
     assert (tmp_path / "boxplots.png").stat().st_size > 1000
     assert len(json.loads((tmp_path / "results.json").read_text())) == 16
+
+
+def test_rescore_recomputes_metrics_from_kappa(tmp_path):
+    """Runs of benchmark cases get their metrics recomputed from kappa.npz (here the
+    ground truth, so every score is perfect); the report then counts them as recovered."""
+    import numpy as np
+
+    from spinverse.mesh.benchmark import case_kappa
+
+    run_sweep(tiny_sweep(), tmp_path, scheduler="synchronous", run=FakeRun(),
+              echo=lambda s: None)
+    for path in tmp_path.rglob(METRICS):
+        case = json.loads(path.read_text())["case"]
+        np.savez(path.parent / "kappa.npz", kappa=case_kappa(case), threshold=1e-3)
+    assert rescore(tmp_path) == 16
+    res = CliRunner().invoke(app, ["report", str(tmp_path), "--rescore"])  # the same, CLI
+    assert res.exit_code == 0 and "rescored 16 runs" in res.output, res.output
+    for r in collect(tmp_path):
+        assert r["f1"] == 1.0 and r["closed_f1_aligned"] == 1.0 and r["closed_bad_pct"] == 0
+        assert r["seconds"] == 1.0  # other keys kept
+    text = write_report(tmp_path, figures=False).read_text()
+    assert "| a | 8 | 8 | 1 ± 0 | 1 ± 0 | 0 ± 0 | 0 ± 0 | 0 ± 0 | 8 | 1 ± 0 |" in text
 
 
 @pytest.mark.parametrize(

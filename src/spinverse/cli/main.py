@@ -346,6 +346,11 @@ def _summary(out: Path, rec, metrics: dict) -> str:
             f"  face F1 {metrics['f1']:.3f} (best alignment {metrics.get('f1_aligned', 0):.3f}),"
             f" Chamfer² {metrics.get('chamfer', float('nan')):.3g} µm², bad edges "
             f"{metrics.get('bad_pct', float('nan')):.1f} %")
+        lines.append(
+            f"  closed interface: F1 {metrics.get('closed_f1', 0):.3f} (best alignment "
+            f"{metrics.get('closed_f1_aligned', 0):.3f}), Chamfer² "
+            f"{metrics.get('closed_chamfer', float('nan')):.3g} µm², bad edges "
+            f"{metrics.get('closed_bad_pct', float('nan')):.1f} %")
     lines.append(f"  pictures: {out / 'surface.png'}, {out / 'loss.png'}, "
                  f"{out / 'signals.png'}")
     return "\n".join(lines)
@@ -416,12 +421,17 @@ def sweep(
 @friendly_errors
 def report(
     folder: Annotated[Path, typer.Argument(help="A sweep folder.")],
+    rescore: Annotated[bool, typer.Option(
+        help="First recompute every benchmark-case run's metrics from its kappa.npz.")] = False,
 ) -> None:
     """Rebuild a sweep's tables, report.md and figures from its run folders."""
+    from spinverse.sweep.report import rescore as rescore_runs
     from spinverse.sweep.report import write_report
 
     if not folder.is_dir():
         fail(f"{folder}: no such folder")
+    if rescore:
+        typer.echo(f"rescored {rescore_runs(folder)} runs")
     typer.echo(f"report: {write_report(folder)}")
 
 

@@ -31,6 +31,12 @@ Conventions
   to ±2 cells per axis (cube-edge multiples and, on a body-centred grid, the half-diagonal
   shifts (h/2)(±1, ±1, ±1) + cube-edge multiples), alone or combined with the reflection. A
   translation is used only when it maps every predicted face onto a face of the grid.
+* **Closed interface** (:func:`closed_surface`): the surface of the enclosed region, i.e.
+  the barrier faces that separate an enclosed tet from a non-enclosed one (or an enclosed
+  tet from the outside of the grid). Dangling barrier "fins" with the same region on both
+  sides are dropped, so the surface has no open edge (each edge has an even number of its
+  faces; 4 or more is a branching edge where two parts touch along an edge). It is a subset
+  of the raw barrier. :func:`evaluate` reports every score for it too (``closed_*`` keys).
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
 from spinverse.mesh.grid import TetGrid
+from spinverse.mesh.phantoms import barrier_faces
 
 __all__ = [
     "SAMPLE_WEIGHTS",
@@ -56,6 +63,7 @@ __all__ = [
     "structural_validity",
     "enclosed_tets",
     "enclosed_volume",
+    "closed_surface",
     "volume_error",
     "lattice_step",
     "lattice_translations",
@@ -205,6 +213,12 @@ def enclosed_tets(grid: TetGrid, faces: np.ndarray) -> np.ndarray:
 def enclosed_volume(grid: TetGrid, faces: np.ndarray) -> float:
     """Volume (µm³) of the tets enclosed by the barrier (see :func:`enclosed_tets`)."""
     return float(grid.volumes[enclosed_tets(grid, faces)].sum())
+
+
+def closed_surface(grid: TetGrid, faces: np.ndarray) -> np.ndarray:
+    """(C,) sorted face indices: the surface of the region enclosed by the barrier ``faces``
+    (see :func:`enclosed_tets`), a subset of ``faces`` without open edges."""
+    return barrier_faces(grid, enclosed_tets(grid, faces))
 
 
 def volume_error(grid: TetGrid, pred: np.ndarray, target: np.ndarray, *,
@@ -403,7 +417,11 @@ def evaluate(grid: TetGrid, kappa: np.ndarray, target_faces: np.ndarray, *,
       ``branching_edges``, ``bad_edges``, ``n_edges``, ``open_pct``, ``branching_pct``,
       ``bad_pct``;
     * modulo the blind symmetries: the keys of :func:`best_aligned_scores` (``*_aligned``,
-      ``alignment``, ...).
+      ``alignment``, ...);
+    * the same for the closed interface (:func:`closed_surface`) with the prefix
+      ``closed_``: ``closed_n_faces``, ``closed_precision``, ``closed_recall``,
+      ``closed_f1``, ``closed_chamfer``, the structural keys (``closed_bad_pct``, ...) and
+      the aligned ones (``closed_f1_aligned``, ``closed_chamfer_aligned``, ...).
     """
     k = np.asarray(kappa, dtype=np.float64)
     if k.shape != (grid.n_faces,):
@@ -426,4 +444,14 @@ def evaluate(grid: TetGrid, kappa: np.ndarray, target_faces: np.ndarray, *,
         **structural_validity(grid, pred),
     }
     out.update(best_aligned_scores(grid, pred, target))
+    closed = closed_surface(grid, pred)
+    c_precision, c_recall, c_f1 = face_scores(closed, target, grid.n_faces)
+    closed_scores: dict[str, Any] = {
+        "n_faces": int(len(closed)), "precision": c_precision, "recall": c_recall,
+        "f1": c_f1, "chamfer": chamfer_squared(grid, closed, target),
+        **structural_validity(grid, closed),
+        **{k: v for k, v in best_aligned_scores(grid, closed, target).items()
+           if not k.startswith("volume")},
+    }
+    out.update({f"closed_{k}": v for k, v in closed_scores.items()})
     return out

@@ -1,8 +1,10 @@
 """Everything a reconstruction run leaves in its folder.
 
 RUN_DIR/
-  kappa.npz        kappa (F,) µm/µs, faces (F,3), barrier (indices of κ < threshold)
+  kappa.npz        kappa (F,) µm/µs, faces (F,3), barrier (indices of κ < threshold),
+                   closed (indices: the surface of the enclosed region, no open edges)
   surface.ply/.vtu the recovered interface (barrier faces) as a triangle mesh
+  surface_closed.ply  the closed interface (dangling barrier faces dropped)
   grid_kappa.vtu   the grid with per-face κ, for ParaView
   metrics.json     accuracy (when a reference surface is known), losses, modes, time
   config.yaml      the resolved configuration;  log.jsonl  one line per iteration
@@ -37,15 +39,19 @@ def write_outputs(
     figures: bool = True,
 ) -> dict[str, Any]:
     """Write the run folder's files; returns the metrics dictionary."""
-    from spinverse.recon.metrics import evaluate, structural_validity
+    from spinverse.recon.metrics import closed_surface, evaluate, structural_validity
 
     run_dir.mkdir(parents=True, exist_ok=True)
+    closed = closed_surface(grid, rec.barrier)
     np.savez(run_dir / "kappa.npz", kappa=rec.kappa, faces=grid.faces, barrier=rec.barrier,
+             closed=closed,
              threshold=np.array(threshold), outer_boundary=np.array(target.outer_boundary),
              spinverse_version=np.array(__version__))
     if len(rec.barrier):
         save_surface(run_dir / "surface.ply", grid, rec.barrier)
         save_surface(run_dir / "surface.vtu", grid, rec.barrier)
+    if len(closed):
+        save_surface(run_dir / "surface_closed.ply", grid, closed)
     save_vtu(run_dir / "grid_kappa.vtu", grid, kappa=rec.kappa)
     s0 = target.s0
     norm_fit = np.abs(fitted_signal) / s0[:, None, :]
@@ -71,7 +77,10 @@ def write_outputs(
     else:
         metrics.update({f"structure_{k}": v
                         for k, v in structural_validity(grid, rec.barrier).items()})
-    (run_dir / "metrics.json").write_text(json.dumps(_jsonable(metrics), indent=1))
+        metrics["closed_n_faces"] = int(len(closed))
+        metrics.update({f"closed_structure_{k}": v
+                        for k, v in structural_validity(grid, closed).items()})
+    (run_dir / "metrics.json").write_text(json.dumps(to_jsonable(metrics), indent=1))
     if figures:
         from spinverse.viz.recon import plot_history, plot_kappa_histogram, plot_surfaces
         from spinverse.viz.signals import plot_signals
@@ -81,18 +90,19 @@ def write_outputs(
                      {"target": target.signal, "fitted": fitted_signal},
                      title="measured (markers) vs fitted (lines)")
         plot_kappa_histogram(run_dir / "kappa_hist.png", rec.kappa, threshold)
-        surfaces = {"recovered": rec.barrier}
+        surfaces = {"recovered": rec.barrier, "recovered, closed": closed}
         if reference_faces is not None:
             surfaces["target"] = np.asarray(reference_faces)
         plot_surfaces(run_dir / "surface.png", grid, surfaces)
     return metrics
 
 
-def _jsonable(obj: Any) -> Any:
+def to_jsonable(obj: Any) -> Any:
+    """``obj`` with NumPy values as Python ones and non-finite floats as strings."""
     if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
+        return [to_jsonable(v) for v in obj]
     if isinstance(obj, np.generic):
         return obj.item()
     if isinstance(obj, np.ndarray):
