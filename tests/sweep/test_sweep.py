@@ -118,6 +118,23 @@ def test_rescore_recomputes_metrics_from_kappa(tmp_path):
     assert "| a | 8 | 8 | 1 ± 0 | 1 ± 0 | 0 ± 0 | 0 ± 0 | 0 ± 0 | 8 | 1 ± 0 |" in text
 
 
+def test_report_reads_infinite_scores(tmp_path):
+    """metrics.json writes an infinite Chamfer (empty surface) as "inf": the tables still
+    treat it as a number (the mean skips it)."""
+    run_sweep(tiny_sweep(), tmp_path, scheduler="synchronous", run=FakeRun(),
+              echo=lambda s: None)
+    path = next(tmp_path.rglob(METRICS))
+    rec = json.loads(path.read_text()) | {"chamfer": "inf", "closed_chamfer": "inf"}
+    path.write_text(json.dumps(rec))
+    text = write_report(tmp_path, figures=False).read_text()
+    assert "| inf |" in text
+    rows = json.loads((tmp_path / "results.json").read_text())
+    assert sum(r["chamfer"] == "inf" for r in rows) == 1
+    import pandas as pd
+
+    assert pd.read_csv(tmp_path / "results.csv")["chamfer"].max() == float("inf")
+
+
 @pytest.mark.parametrize(
     ("text", "needle"),
     [
