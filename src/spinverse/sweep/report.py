@@ -22,7 +22,7 @@ COLUMNS = ["run_id", "arm", "case", "seed", "noise", "status", "chamfer", "chamf
            "branching_edges", "volume_error", "data_loss_final_stage", "seconds",
            "wall_seconds", "peak_rss_mb", "barrier_faces", "alignment", "closed_f1",
            "closed_f1_aligned", "closed_chamfer", "closed_bad_pct", "error"]
-#: Columns that hold text; every other column is a number (``inf`` as a float).
+#: Columns that hold text; in the others a string is a number (``"inf"``).
 TEXT_COLUMNS = {"run_id", "arm", "case", "noise", "status", "alignment", "error"}
 SCORES = [("f1_aligned", "F1 (aligned)"), ("chamfer_aligned", "Chamfer² µm² (aligned)"),
           ("bad_pct", "bad edges %")]
@@ -56,7 +56,8 @@ def rescore(out: str | Path) -> int:
         kfile = path.parent / "kappa.npz"
         if rec.get("case") not in names or not kfile.is_file():
             continue
-        grid = grid or benchmark_grid()
+        if grid is None:
+            grid = benchmark_grid()
         with np.load(kfile) as z:
             kappa = z["kappa"]
             threshold = float(z["threshold"]) if "threshold" in z else 1e-3
@@ -82,8 +83,8 @@ def write_report(out: str | Path, *, figures: bool = True) -> Path:
 
     out = Path(out)
     rows = collect(out)
-    df = pd.DataFrame([{k: r[k] if k in TEXT_COLUMNS else _num(r[k]) for k in COLUMNS}
-                       for r in rows], columns=COLUMNS)
+    df = pd.DataFrame([{k: _num(r[k]) if k not in TEXT_COLUMNS and isinstance(r[k], str)
+                        else r[k] for k in COLUMNS} for r in rows], columns=COLUMNS)
     df.to_csv(out / "results.csv", index=False)
     (out / "results.json").write_text(json.dumps([{k: r[k] for k in COLUMNS} for r in rows],
                                                  indent=1, default=str))
