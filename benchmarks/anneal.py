@@ -9,7 +9,7 @@ tets with the ground-truth κ convention (1e-5 µm/µs on its surface, 0.1 elsew
 temperature falls geometrically from ``t0 × L0`` to ``t1 × L0`` (L0: the start loss). The
 best state seen is scored with :func:`spinverse.recon.metrics.evaluate`.
 
-Usage: ``python benchmarks/anneal.py [--cases 000 001] [--loss published|log]
+Usage: ``python benchmarks/anneal.py [--cases 000 001] [--loss published|log|balanced]
 [--steps 2500] [--seed 0] [--workers 2] [--out anneal.json]``; prints a table, writes JSON.
 """
 
@@ -22,6 +22,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
+from landscape import KINDS
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_RUNS = HERE / "results" / "adc_all"
@@ -99,7 +100,7 @@ def _run(task: tuple) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cases", nargs="*", default=["000", "001"])
-    ap.add_argument("--loss", choices=("published", "log"), default="published")
+    ap.add_argument("--loss", choices=KINDS, default="published")
     ap.add_argument("--steps", type=int, default=2500)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--t0", type=float, default=0.1, help="start temperature ÷ start loss")

@@ -48,16 +48,22 @@ def _problem(name: str):
     return resolve_case(name), grid, target, truth, enclosed_tets(grid, truth), pairs
 
 
+KINDS = ("published", "log", "balanced")
+
+
 class RegionLoss:
     """Memoised data loss of a region (T,) bool.
 
     ``kind="published"``: 100 × mean squared residual of |S|/S0_target over all sequences;
     ``kind="log"``: mean squared residual of log(|S|/S0_target), which weighs the small
-    high-b signals (where the shape is) as much as the large ones.
+    high-b signals (where the shape is) as much as the large ones;
+    ``kind="balanced"``: per sequence, the mean squared residual divided by the variance
+    of the target's |S|/S0 over (b, direction), averaged over the sequences (so a sequence
+    whose signal varies little, the short one, is not drowned by the others).
     """
 
     def __init__(self, name: str, kind: str = "published"):
-        if kind not in ("published", "log"):
+        if kind not in KINDS:
             raise ValueError(f"unknown loss kind {kind!r}")
         self.name, self.grid, self.target, self.truth, self.inside, self.pairs = _problem(name)
         s0 = self.target.s0[:, None, :]
@@ -70,7 +76,10 @@ class RegionLoss:
             floor = 1e-6
             return float(np.mean((np.log(np.maximum(np.abs(s) / self._s0, floor))
                                   - np.log(np.maximum(self._t, floor))) ** 2))
-        return float(100 * np.mean((np.abs(s) / self._s0 - self._t) ** 2))
+        r2 = (np.abs(s) / self._s0 - self._t) ** 2
+        if self.kind == "balanced":
+            return float(np.mean(r2.mean(axis=(1, 2)) / self._t.var(axis=(1, 2))))
+        return float(100 * np.mean(r2))
 
     def __call__(self, inside: np.ndarray) -> float:
         from spinverse.forward import simulate_signal
