@@ -47,15 +47,14 @@ def anneal(case: str, loss: str, steps: int, seed: int, t0: float, t1: float,
 
     with threadpool_limits(1):
         f = RegionLoss(case, loss)
-        grid, pairs = f.grid, f.pairs
+        grid = f.grid
         inside = start_region(runs, case, grid)
         rng = np.random.default_rng(seed)
         start = current = best = f(inside)
         best_inside, accepted, tic = inside.copy(), 0, time.perf_counter()
         for it in range(steps):
             temperature = start * t0 * (t1 / t0) ** (it / max(steps - 1, 1))
-            cut = inside[pairs[:, 0]] != inside[pairs[:, 1]]
-            edge = np.unique(pairs[cut].reshape(-1))
+            edge = f.boundary_tets(inside)
             ins, outs = edge[inside[edge]], edge[~inside[edge]]
             new = inside.copy()
             if rng.random() < 0.5 and len(ins) and len(outs):  # swap: volume kept

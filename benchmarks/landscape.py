@@ -72,35 +72,34 @@ class RegionLoss:
         self._memo: dict[bytes, float] = {}
 
     def _residual(self, s: np.ndarray) -> float:
+        """The loss of a normalised signal |S|/S0_target."""
         if self.kind == "log":
             floor = 1e-6
-            return float(np.mean((np.log(np.maximum(np.abs(s) / self._s0, floor))
+            return float(np.mean((np.log(np.maximum(s, floor))
                                   - np.log(np.maximum(self._t, floor))) ** 2))
-        r2 = (np.abs(s) / self._s0 - self._t) ** 2
+        r2 = (s - self._t) ** 2
         if self.kind == "balanced":
             return float(np.mean(r2.mean(axis=(1, 2)) / self._t.var(axis=(1, 2))))
         return float(100 * np.mean(r2))
 
-    def __call__(self, inside: np.ndarray) -> float:
-        from spinverse.forward import simulate_signal
-        from spinverse.mesh.phantoms import barrier_faces, phantom_kappa
-
-        key = inside.tobytes()
-        if key not in self._memo:
-            kappa = phantom_kappa(self.grid, barrier_faces(self.grid, inside))
-            s = simulate_signal(self.grid, kappa, self.target.protocol,
-                                outer_boundary="robin").signal
-            self._memo[key] = self._residual(s)
-        return self._memo[key]
-
-    def per_sequence(self, inside: np.ndarray) -> np.ndarray:
-        """The published data term (100 × mean squared residual) per sequence, (n_seq,)."""
+    def signal(self, inside: np.ndarray) -> np.ndarray:
+        """The simulated |S|/S0_target of a region, (n_seq, n_b, n_dir)."""
         from spinverse.forward import simulate_signal
         from spinverse.mesh.phantoms import barrier_faces, phantom_kappa
 
         kappa = phantom_kappa(self.grid, barrier_faces(self.grid, inside))
         s = simulate_signal(self.grid, kappa, self.target.protocol, outer_boundary="robin").signal
-        return 100 * np.mean((np.abs(s) / self._s0 - self._t) ** 2, axis=(1, 2))
+        return np.abs(s) / self._s0
+
+    def __call__(self, inside: np.ndarray) -> float:
+        key = inside.tobytes()
+        if key not in self._memo:
+            self._memo[key] = self._residual(self.signal(inside))
+        return self._memo[key]
+
+    def per_sequence(self, inside: np.ndarray) -> np.ndarray:
+        """The published data term (100 × mean squared residual) per sequence, (n_seq,)."""
+        return 100 * np.mean((self.signal(inside) - self._t) ** 2, axis=(1, 2))
 
     def boundary_tets(self, inside: np.ndarray) -> np.ndarray:
         cut = inside[self.pairs[:, 0]] != inside[self.pairs[:, 1]]
