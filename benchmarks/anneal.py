@@ -38,7 +38,7 @@ def start_region(runs: Path, case: str, grid) -> np.ndarray:
 
 
 def anneal(case: str, loss: str, steps: int, seed: int, t0: float, t1: float,
-           runs: Path) -> dict:
+           runs: Path, weights: tuple[float, ...] | None = None) -> dict:
     from landscape import RegionLoss, _flip
     from threadpoolctl import threadpool_limits
 
@@ -46,7 +46,7 @@ def anneal(case: str, loss: str, steps: int, seed: int, t0: float, t1: float,
     from spinverse.recon.metrics import evaluate
 
     with threadpool_limits(1):
-        f = RegionLoss(case, loss)
+        f = RegionLoss(case, loss, weights)
         grid = f.grid
         inside = start_region(runs, case, grid)
         rng = np.random.default_rng(seed)
@@ -79,7 +79,9 @@ def anneal(case: str, loss: str, steps: int, seed: int, t0: float, t1: float,
         published = RegionLoss(case, "published")
         first = start_region(runs, case, grid)
         near = np.array([f.per_sequence(_flip(f.inside, t)) for t in f.boundary_tets(f.inside)])
-    return {"case": f.name, "loss": loss, "steps": steps, "seed": seed, "t0": t0, "t1": t1,
+    return {"case": f.name, "loss": loss,
+            "weights": None if weights is None else list(weights),
+            "steps": steps, "seed": seed, "t0": t0, "t1": t1,
             "start_loss": start, "end_loss": best, "accepted": accepted,
             "start_published_loss": published(first),
             "end_published_loss": published(best_inside),
@@ -96,6 +98,12 @@ def _run(task: tuple) -> dict:
     return anneal(*task)
 
 
+def label(row: dict) -> str:
+    """The loss of a row, with its per-sequence weights if any."""
+    w = row.get("weights")
+    return row["loss"] if not w else f"{row['loss']} w={','.join(f'{x:g}' for x in w)}"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cases", nargs="*", default=["000", "001"])
@@ -104,23 +112,28 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--t0", type=float, default=0.1, help="start temperature ÷ start loss")
     ap.add_argument("--t1", type=float, default=3e-4, help="end temperature ÷ start loss")
+    ap.add_argument("--weights", type=float, nargs="*", default=None,
+                    help="per-sequence weights of the published term (short middle long)")
     ap.add_argument("--runs", type=Path, default=DEFAULT_RUNS)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--out", type=Path, default=HERE / "anneal.json")
     args = ap.parse_args()
-    tasks = [(c, args.loss, args.steps, args.seed, args.t0, args.t1, args.runs)
+    weights = tuple(args.weights) if args.weights else None
+    tasks = [(c, args.loss, args.steps, args.seed, args.t0, args.t1, args.runs, weights)
              for c in args.cases]
     with ProcessPoolExecutor(args.workers) as pool:
         rows = list(pool.map(_run, tasks))
     old = json.loads(args.out.read_text()) if args.out.exists() else []
-    keep = [r for r in old if (r["case"][:3], r["loss"], r["seed"]) not in
-            {(r2["case"][:3], r2["loss"], r2["seed"]) for r2 in rows}]
+    def key(r: dict) -> tuple:
+        return r["case"][:3], label(r), r["seed"]
+
+    keep = [r for r in old if key(r) not in {key(r2) for r2 in rows}]
     args.out.write_text(json.dumps(keep + rows, indent=1))
     print("| case | loss | steps | published loss start → end | F1 aligned start → end | "
           "Chamfer² aligned µm² | bad edges | tets off | s |")
     print("|---" * 9 + "|")
     for r in rows:
-        print(f"| {r['case'][:3]} | {r['loss']} | {r['steps']} | {r['start_published_loss']:.4f} → "
+        print(f"| {r['case'][:3]} | {label(r)} | {r['steps']} | {r['start_published_loss']:.4f} → "
               f"{r['end_published_loss']:.4f} | {r['start']['f1_aligned']:.2f} → "
               f"{r['end']['f1_aligned']:.2f} | {r['end']['chamfer_aligned']:.2f} | "
               f"{r['end']['bad_pct']:.1f} % | {r['tets_off_truth']} | {r['seconds']:.0f} |")
@@ -128,7 +141,7 @@ def main() -> None:
           " over single-tet flips of the truth")
     for r in rows:
         fmt = " / ".join
-        print(f"{r['case'][:3]} {r['loss']}: "
+        print(f"{r['case'][:3]} {label(r)}: "
               f"{fmt(f'{v:.4f}' for v in r['start_per_sequence'])} → "
               f"{fmt(f'{v:.4f}' for v in r['end_per_sequence'])}; truth flips "
               f"{fmt(f'{v:.4f}' for v in r['truth_flip_median_per_sequence'])}")

@@ -61,11 +61,17 @@ class RegionLoss:
     of the target's |S|/S0 over (b, direction), averaged over the sequences (a sequence
     whose signal varies little counts more; on the public cases the three variances are
     within 1.3× of each other, so this is close to the published term).
+    ``weights`` (n_seq,), only with ``kind="published"``: the per-sequence terms are
+    averaged with these weights instead of equally (e.g. (5, 1, 1): the short one 5×).
     """
 
-    def __init__(self, name: str, kind: str = "published"):
+    def __init__(self, name: str, kind: str = "published",
+                 weights: tuple[float, ...] | None = None):
         if kind not in KINDS:
             raise ValueError(f"unknown loss kind {kind!r}")
+        if weights is not None and kind != "published":
+            raise ValueError("per-sequence weights go with kind='published' only")
+        self.weights = None if weights is None else np.asarray(weights, dtype=float)
         self.name, self.grid, self.target, self.truth, self.inside, self.pairs = _problem(name)
         s0 = self.target.s0[:, None, :]
         self.kind = kind
@@ -81,6 +87,9 @@ class RegionLoss:
         r2 = (s - self._t) ** 2
         if self.kind == "balanced":
             return float(np.mean(r2.mean(axis=(1, 2)) / self._t.var(axis=(1, 2))))
+        if self.weights is not None:
+            per = r2.mean(axis=(1, 2))
+            return float(100 * np.sum(self.weights * per) / self.weights.sum())
         return float(100 * np.mean(r2))
 
     def signal(self, inside: np.ndarray) -> np.ndarray:

@@ -42,11 +42,16 @@ class ParameterisationConfig(_Strict):
     kappa_max: float = Field(0.1, gt=0, description="upper bound of κ, µm/µs")
     temperature: float = Field(1.0, gt=0, description="logit temperature τ")
     start_kappa: float = Field(1e-3, gt=0, description="initial κ on every face, µm/µs")
-    start: Literal["uniform", "adc_ellipsoid", "adc_tube"] = Field(
+    start: Literal["uniform", "adc_ellipsoid", "adc_tube", "file"] = Field(
         "uniform",
         description="uniform: start_kappa everywhere (published); adc_ellipsoid / adc_tube: "
                     "a closed ellipsoid / straight tube from the target's apparent diffusion "
-                    "tensor, sized to its |S(b=0)| (spinverse.recon.initial)")
+                    "tensor, sized to its |S(b=0)| (spinverse.recon.initial); file: the κ of "
+                    "start_file (refine an earlier run)")
+    start_file: str | None = Field(
+        None, description="with start: file, an .npz holding 'kappa' (F,) µm/µs in the "
+                          "grid's face order (and optionally 'faces' (F,3) to check it), "
+                          "e.g. an earlier run's kappa.npz; relative to the working directory")
     init_noise: float = Field(0.0, ge=0, description="std of logit noise at the start "
                               "(restarts > 0 always add 0.1)")
 
@@ -54,6 +59,8 @@ class ParameterisationConfig(_Strict):
     def _bounds(self) -> ParameterisationConfig:
         if not self.kappa_min < self.start_kappa < self.kappa_max:
             raise ValueError("need kappa_min < start_kappa < kappa_max")
+        if (self.start == "file") != (self.start_file is not None):
+            raise ValueError("start: file and start_file go together")
         return self
 
 

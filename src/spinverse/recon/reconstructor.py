@@ -210,6 +210,8 @@ class Reconstructor:
         if self._start is None:
             if pc.start == "uniform":
                 kappa = np.full(self.grid.n_faces, pc.start_kappa)
+            elif pc.start == "file":
+                kappa = self._kappa_from_file(pc.start_file)
             else:
                 from spinverse.recon.initial import adc_start_kappa
 
@@ -220,11 +222,37 @@ class Reconstructor:
                 log.info("start: %s of size %.3g µm, %d tets, |S0| %.4g (target %.4g) µm³",
                          pc.start, state.size, int(state.inside.sum()), state.s0,
                          state.s0_target)
+                kappa = state.kappa
+            if pc.start != "uniform":
                 lo, hi = np.log10(pc.kappa_min), np.log10(pc.kappa_max)
                 margin = 1e-2 * (hi - lo)  # off the flat ends of the sigmoid
-                kappa = 10.0 ** np.clip(np.log10(state.kappa), lo + margin, hi - margin)
+                kappa = 10.0 ** np.clip(np.log10(kappa), lo + margin, hi - margin)
             self._start = kappa
         return self._start
+
+    def _kappa_from_file(self, path: str | None) -> np.ndarray:
+        """κ (F,) µm/µs from an .npz with 'kappa' (and optionally 'faces', checked)."""
+        field = "parameterisation.start_file"
+        try:
+            with np.load(str(path)) as z:
+                arrays = {k: np.asarray(z[k]) for k in ("kappa", "faces") if k in z}
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"cannot read the start κ from {path}: {e}", field=field) from e
+        if "kappa" not in arrays:
+            raise ConfigError(f"{path} has no 'kappa' array", field=field)
+        kappa = arrays["kappa"].astype(np.float64)
+        faces = arrays.get("faces")
+        if kappa.shape != (self.grid.n_faces,):
+            raise ConfigError(f"{path}: kappa has shape {kappa.shape}, the grid has "
+                              f"{self.grid.n_faces} faces", field=field)
+        if faces is not None and not np.array_equal(np.sort(faces, axis=1), self.grid.faces):
+            raise ConfigError(f"{path}: its faces are not the grid's (order or vertices)",
+                              field=field)
+        if not (np.all(np.isfinite(kappa)) and np.all(kappa > 0)):
+            raise ConfigError(f"{path}: kappa must be finite and > 0 µm/µs", field=field)
+        log.info("start: κ from %s (%d faces below the threshold)", path,
+                 int((kappa < self.config.threshold).sum()))
+        return kappa
 
     def _fit_one(self, restart: int, run_dir: Path | None) -> Reconstruction:
         cfg = self.config
