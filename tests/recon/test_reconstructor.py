@@ -217,3 +217,13 @@ def test_start_file_errors(problem, tmp_path):
     rec = Reconstructor(grid, target, _file_start(tmp_path / "missing.npz"), progress=False)
     with pytest.raises(ConfigError, match="cannot read"):
         rec.start_kappa()
+
+
+def test_a_repeated_sequence_index_weighs_that_sequence_more(problem):
+    grid, target, _ = problem
+    stages = [StageConfig(name=str(s), sequences=s, iterations=1) for s in ([0], [1], [0, 0, 1])]
+    rec = Reconstructor(grid, target, ReconConfig(stages=stages), progress=False)
+    kappa = torch.full((grid.n_faces,), 1e-2, dtype=torch.float64)
+    first, second, weighted = (float(rec.data_loss(kappa, i)) for i in range(3))
+    assert first != pytest.approx(second, rel=1e-3)
+    assert weighted == pytest.approx((2 * first + second) / 3, rel=1e-10)
