@@ -38,6 +38,9 @@ def main() -> None:
                     help="initial κ on every face in µm/µs (default: the preset's 1e-3)")
     ap.add_argument("--start", choices=["uniform", "adc_ellipsoid", "adc_tube"],
                     help="start state (default: the preset's uniform κ)")
+    ap.add_argument("--joint-sequences", nargs="*",
+                    help="sequences of the 'joint' arm's single stage: 'all' or indices "
+                         "(default: the preset's long and middle ones, 1 2)")
     ap.add_argument("--seeds", type=int, nargs="*", default=[0])
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--scheduler", help="Dask scheduler address or 'synchronous'")
@@ -47,10 +50,21 @@ def main() -> None:
              if v is not None}
     overrides = {"parameterisation": param} if param else {}
     noise = [Noise(kind=args.noise, snr=args.snr)] if args.noise else ["none"]
+
+    def arm_overrides(arm: str) -> dict:
+        if arm != "joint" or not args.joint_sequences:
+            return overrides
+        from spinverse.recon.config import no_curriculum
+
+        seqs = ("all" if args.joint_sequences == ["all"]
+                else [int(i) for i in args.joint_sequences])
+        stage = no_curriculum(sequences=seqs).stages[0].model_dump()
+        return {**overrides, "stages": [stage]}
+
     sweep = SweepConfig(
         cases=args.cases or "all",
         arms={a: Arm(preset=a, iterations=args.iterations, length_scale=args.length_scale,
-                     config=overrides) for a in args.arms},
+                     config=arm_overrides(a)) for a in args.arms},
         seeds=args.seeds,
         noise=noise,
     )
