@@ -162,3 +162,28 @@ def test_usage_errors_are_one_line(capsys, argv):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and "--help" in err[0]
+
+
+def test_simulate_refine_keeps_the_membrane_and_converges(files, tmp_path):
+    """--refine 1: 8× the tets, the membrane's κ on the 4 children of each of its faces,
+    new faces continuous (--kappa-default inf); reflecting box, so S(b=0) is still the
+    volume; one level changes the signal by less than the coarse grid's own error scale."""
+    _, mesh, protocol, _ = files
+    coarse, fine = tmp_path / "c.npz", tmp_path / "f.npz"
+    assert run("simulate", mesh, "-p", protocol, "-o", coarse).exit_code == 0
+    res = run("simulate", mesh, "-p", protocol, "-o", fine, "--refine", "1")
+    assert res.exit_code == 0, res.output
+    c, f = load_signals(coarse), load_signals(fine)
+    assert np.sum(f.kappa < 1e-3) == 4 * np.sum(c.kappa < 1e-3) == 8
+    assert int(np.load(fine)["refine"]) == 1
+    assert abs(f.signal[0, 0, 0]) == pytest.approx(16.0, rel=1e-10)
+    e_c, e_f = (np.abs(s.signal) / np.abs(s.signal[:, :1]) for s in (c, f))
+    assert 0 < np.abs(e_c - e_f).max() < 0.05
+    assert run("simulate", mesh, "-p", protocol, "--refine", "-1").exit_code == 2
+
+
+def test_reconstruct_refine_target_needs_a_case(files, tmp_path):
+    _, mesh, _, _ = files
+    res = run("reconstruct", "--target", tmp_path / "s.npz", "--grid", mesh,
+              "--refine-target", "1")
+    assert res.exit_code == 2 and "--refine-target needs --case" in res.output

@@ -106,6 +106,12 @@ def simulate(
         typer.Option(help="A public benchmark case (name or unique prefix, e.g. 018): "
                      "κ = 1e-5 µm/µs on its barrier, 0.1 elsewhere."),
     ] = None,
+    refine: Annotated[
+        int,
+        typer.Option(min=0, help="Refine the grid this many times first (1:8 per level): "
+                     "faces on an original face keep its κ; new faces get 0.1 µm/µs with "
+                     "--case, else --kappa-default. Same surfaces, finer discretisation."),
+    ] = 0,
 ) -> None:
     """Simulate the complex signal S (µm³) of a grid with per-face permeability."""
     from spinverse.acquisition.protocol import load_protocol, published_protocol
@@ -114,6 +120,15 @@ def simulate(
     from spinverse.io.signals import save_signals
 
     grid, kappa, case_name, source = _load_grid_and_kappa(mesh, case, kappa_default)
+    if refine:
+        from spinverse.mesh.phantoms import OTHER_KAPPA
+        from spinverse.mesh.refine import refine as refine_grid
+        from spinverse.mesh.refine import refine_kappa
+
+        fine = refine_grid(grid, refine)
+        kappa = refine_kappa(fine, grid, kappa,
+                             new_faces=OTHER_KAPPA if case_name else kappa_default)
+        grid = fine.grid
     prot = load_protocol(protocol) if protocol is not None else published_protocol()
     boundary = (outer_boundary.value if outer_boundary is not None
                 else ("robin" if case_name else "reflecting"))
@@ -127,7 +142,7 @@ def simulate(
         out, result.signal, prot, outer_boundary=boundary, faces=grid.faces, kappa=kappa,
         solver=result.solver, n_dofs=result.n_dofs,
         n_modes=-1 if result.n_modes is None else result.n_modes,
-        mesh_source=source, case=case_name or "",
+        mesh_source=source, case=case_name or "", refine=refine,
     )
     modes = f", {result.n_modes} modes" if result.n_modes is not None else ""
     typer.echo(
@@ -203,6 +218,9 @@ def reconstruct(
     case: Annotated[str | None, typer.Option(
         help="Reconstruct a public benchmark case (simulated with the published protocol "
              "and the reference-compatible Robin boundary).")] = None,
+    refine_target: Annotated[int, typer.Option(
+        min=0, help="With --case: simulate the target on the benchmark grid refined this "
+                    "many times (1:8 per level), so it is not an inverse crime.")] = 0,
     iterations: Annotated[int | None, typer.Option(
         help="Scale every stage so the run has about this many iterations in all.")] = None,
     bvals: Annotated[Path | None, typer.Option(
@@ -237,10 +255,13 @@ def reconstruct(
     if case is not None:
         if target is not None or grid is not None:
             fail("--case replaces --target and --grid; give one or the other")
-        the_grid, tgt, reference = case_target(case)
+        the_grid, tgt, reference = case_target(case, refine=refine_target)
     else:
         if target is None or grid is None:
             fail("give --target SIGNALS.npz and --grid GRID.npz (or --case NAME)")
+        if refine_target:
+            fail("--refine-target needs --case (for a file target, simulate it with "
+                 "`spinverse simulate --refine N`)")
         from spinverse.acquisition.protocol import load_protocol
         from spinverse.io.signals import load_signals
         from spinverse.mesh.io import load_mesh
@@ -270,11 +291,12 @@ def reconstruct(
                 truth[idx] = sig.kappa
                 reference = np.flatnonzero(truth < cfg.threshold)
     _run_reconstruction(the_grid, tgt, out, cfg, reference, outer_boundary, noise, snr,
-                        seed, case or "", quiet)
+                        seed, case or "", quiet, refine_target)
 
 
 def _run_reconstruction(the_grid, tgt, out: Path, cfg, reference, outer_boundary,
-                        noise, snr: float, seed: int, label: str, quiet: bool) -> None:
+                        noise, snr: float, seed: int, label: str, quiet: bool,
+                        refine_target: int = 0) -> None:
     from spinverse.recon.noise import add_noise
     from spinverse.recon.reconstructor import Target
     from spinverse.recon.workflow import reconstruct as run_reconstruction
@@ -285,7 +307,7 @@ def _run_reconstruction(the_grid, tgt, out: Path, cfg, reference, outer_boundary
         tgt = Target(add_noise(tgt.signal, snr=snr, kind=noise.value, seed=seed),
                      tgt.protocol, tgt.outer_boundary)
     extra = {"case": label, "noise": noise.value if noise else "none",
-             "snr": snr if noise else None, "seed": seed}
+             "snr": snr if noise else None, "seed": seed, "target_refine": refine_target}
     rec, metrics = run_reconstruction(the_grid, tgt, out, config=cfg,
                                       reference_faces=reference, progress=not quiet,
                                       extra=extra)
