@@ -55,17 +55,6 @@ def refined_target(case: str, levels: int, out: Path):
     return target, seconds
 
 
-def data_terms(grid, inside: np.ndarray, target) -> np.ndarray:
-    """The published data term per sequence (n_seq,) of a region against ``target``."""
-    from spinverse.forward import simulate_signal
-    from spinverse.mesh.phantoms import barrier_faces, phantom_kappa
-
-    kappa = phantom_kappa(grid, barrier_faces(grid, inside))
-    s = simulate_signal(grid, kappa, target.protocol, outer_boundary="robin").signal
-    s0 = target.s0[:, None, :]
-    return 100 * np.mean((np.abs(s) / s0 - np.abs(target.signal) / s0) ** 2, axis=(1, 2))
-
-
 def flip_margin(case: str) -> dict:
     path = HERE / "near_symmetry.json"
     if not path.is_file():
@@ -78,68 +67,35 @@ def flip_margin(case: str) -> dict:
 
 
 def gap_row(case: str, levels: int, out: Path, greedy: bool) -> dict:
+    from landscape import RegionLoss, _flip, descend
     from threadpoolctl import threadpool_limits
 
-    from spinverse.mesh.benchmark import benchmark_grid, case_barrier, enclosed_tets
     from spinverse.mesh.phantoms import barrier_faces
-    from spinverse.recon.metrics import best_aligned_scores, face_scores
-    from spinverse.recon.workflow import case_target
+    from spinverse.recon.metrics import best_aligned_scores
 
     with threadpool_limits(1):
         target, sim_s = refined_target(case, levels, out)
-        grid = benchmark_grid()
-        truth = case_barrier(case)
-        inside = enclosed_tets(grid, truth)
-        per = data_terms(grid, inside, target)
+        f = RegionLoss(case, target=target)
+        per = f.per_sequence(f.inside)
         row = {"case": case, "part": "gap", "refine": levels,
                "truth_per_sequence": per.tolist(), "truth_loss": float(per.mean()),
                "target_seconds": sim_s, **flip_margin(case)}
         # How much one tet changes the signal, per sequence: every single-tet flip of the
         # truth against the truth's own (benchmark-grid) signal.
-        _, own, _ = case_target(case)
-        ft = grid.face_tets
-        pairs = ft[ft[:, 1] >= 0]
-        cut = inside[pairs[:, 0]] != inside[pairs[:, 1]]
-        flips = []
-        for t in np.unique(pairs[cut].reshape(-1)):
-            cand = inside.copy()
-            cand[t] = ~cand[t]
-            flips.append(data_terms(grid, cand, own))
+        own = RegionLoss(case)
+        flips = [own.per_sequence(_flip(own.inside, t)) for t in own.boundary_tets(own.inside)]
         row["flip_per_sequence_median"] = np.median(flips, axis=0).tolist()
         row["flip_per_sequence_min"] = np.min(flips, axis=0).tolist()
         if greedy:
-            ft = grid.face_tets
-            pairs = ft[ft[:, 1] >= 0]
-            memo: dict[bytes, float] = {}
-
-            def loss(region: np.ndarray) -> float:
-                key = region.tobytes()
-                if key not in memo:
-                    memo[key] = float(data_terms(grid, region, target).mean())
-                return memo[key]
-
             tic = time.perf_counter()
-            state, current, steps = inside.copy(), row["truth_loss"], 0
-            while True:
-                cut = state[pairs[:, 0]] != state[pairs[:, 1]]
-                best, best_t = current, -1
-                for t in np.unique(pairs[cut].reshape(-1)):
-                    cand = state.copy()
-                    cand[t] = ~cand[t]
-                    val = loss(cand)
-                    if val < best:
-                        best, best_t = val, t
-                if best_t < 0:
-                    break
-                state[best_t] = ~state[best_t]
-                current, steps = best, steps + 1
-            pred = barrier_faces(grid, state)
+            state, current, steps = descend(f, f.inside.copy())
+            pred = barrier_faces(f.grid, state)
             row.update({
                 "greedy_loss": current, "greedy_steps": steps,
-                "greedy_tets_off": int(np.sum(state != inside)),
-                "greedy_f1": face_scores(pred, truth, grid.n_faces)[2],
-                "greedy_f1_aligned": best_aligned_scores(grid, pred, truth)["f1_aligned"],
-                "greedy_per_sequence": data_terms(grid, state, target).tolist(),
+                "greedy_tets_off": int(np.sum(state != f.inside)),
+                "greedy_f1": f.f1(state),
+                "greedy_f1_aligned": best_aligned_scores(f.grid, pred, f.truth)["f1_aligned"],
+                "greedy_per_sequence": f.per_sequence(state).tolist(),
                 "greedy_seconds": time.perf_counter() - tic,
             })
     return row

@@ -63,16 +63,19 @@ class RegionLoss:
     within 1.3× of each other, so this is close to the published term).
     ``weights`` (n_seq,), only with ``kind="published"``: the per-sequence terms are
     averaged with these weights instead of equally (e.g. (5, 1, 1): the short one 5×).
+    ``target``: fit this Target instead of the case's own benchmark-grid signal.
     """
 
     def __init__(self, name: str, kind: str = "published",
-                 weights: tuple[float, ...] | None = None):
+                 weights: tuple[float, ...] | None = None, target=None):
         if kind not in KINDS:
             raise ValueError(f"unknown loss kind {kind!r}")
         if weights is not None and kind != "published":
             raise ValueError("per-sequence weights go with kind='published' only")
         self.weights = None if weights is None else np.asarray(weights, dtype=float)
         self.name, self.grid, self.target, self.truth, self.inside, self.pairs = _problem(name)
+        if target is not None:  # another target for the same case (e.g. a refined grid's)
+            self.target = target
         s0 = self.target.s0[:, None, :]
         self.kind = kind
         self._s0, self._t = s0, np.abs(self.target.signal) / s0
@@ -141,6 +144,19 @@ def single_flips(name: str) -> dict:
             "seconds": time.perf_counter() - t0}
 
 
+def descend(f: RegionLoss, inside: np.ndarray, max_steps: int = 60
+            ) -> tuple[np.ndarray, float, int]:
+    """Greedy descent: the best single-tet flip per step until none lowers ``f``.
+    Returns the region where it stops, its loss and the number of steps."""
+    current, steps = f(inside), 0
+    while steps < max_steps:
+        best, t = min((f(_flip(inside, t)), t) for t in f.boundary_tets(inside))
+        if best >= current:
+            break
+        inside, current, steps = _flip(inside, t), best, steps + 1
+    return inside, current, steps
+
+
 def greedy(name: str, k: int, seed: int, max_steps: int = 60) -> dict:
     from threadpoolctl import threadpool_limits
 
@@ -152,14 +168,7 @@ def greedy(name: str, k: int, seed: int, max_steps: int = 60) -> dict:
             inside = _flip(inside, int(rng.choice(f.boundary_tets(inside))))
         start_loss, start_f1 = f(inside), f.f1(inside)
         t0 = time.perf_counter()
-        steps = 0
-        current = start_loss
-        while steps < max_steps:
-            trials = [(f(_flip(inside, t)), t) for t in f.boundary_tets(inside)]
-            best, t = min(trials)
-            if best >= current:
-                break
-            inside, current, steps = _flip(inside, t), best, steps + 1
+        inside, current, steps = descend(f, inside, max_steps)
     return {"case": f.name, "kind": "greedy", "flips": k, "seed": seed,
             "start_loss": start_loss, "start_f1": start_f1, "end_loss": current,
             "end_f1": f.f1(inside), "steps": steps,
