@@ -335,6 +335,7 @@ def test_signal_file_mutations_raise_typed_errors(folder: Path, kind: str, seed:
 
 # ---------------------------------------------------------------------------- configs
 _CONFIG_KEYS = ["parameterisation", "optimizer", "stages", "threshold", "data_scale",
+                "data_normalise",
                 "stopping", "seed", "restarts", "checkpoint_every"]
 _STAGE = {"name": "s", "sequences": [0], "iterations": 10, "warmup": 2,
           "priors": {"continuity": 1.0}}

@@ -227,3 +227,41 @@ def test_a_repeated_sequence_index_weighs_that_sequence_more(problem):
     first, second, weighted = (float(rec.data_loss(kappa, i)) for i in range(3))
     assert first != pytest.approx(second, rel=1e-3)
     assert weighted == pytest.approx((2 * first + second) / 3, rel=1e-10)
+
+
+def test_own_normalisation_is_blind_to_scale_and_is_the_attenuation(problem):
+    """data_normalise: own compares E(b) = |S|/|S(b=0)| of each signal: a target scaled
+    by any factor gives the same loss (the published target-S0 one does not), and the
+    value is the formula's."""
+    grid, target, plane = problem
+    kappa = np.full(grid.n_faces, 0.02)
+    k = torch.from_numpy(kappa)
+    scaled = Target(3.7 * target.signal, target.protocol, target.outer_boundary)
+    own = config(data_normalise="own")
+    losses = {name: [float(Reconstructor(grid, t, c, progress=False).data_loss(k, 1))
+                     for t in (target, scaled)]
+              for name, c in (("own", own), ("target", config()))}
+    assert losses["own"][0] == pytest.approx(losses["own"][1], rel=1e-12)
+    assert losses["target"][1] > 1.5 * losses["target"][0]
+    s = np.abs(simulate_signal(grid, kappa, target.protocol,
+                               outer_boundary="reflecting").signal)
+    t = np.abs(target.signal)
+    expected = 100 * np.mean((s / s[:, :1] - t / t[:, :1]) ** 2)
+    assert losses["own"][0] == pytest.approx(expected, rel=1e-8)
+    truth = np.full(grid.n_faces, 0.1)
+    truth[plane] = 1e-5
+    assert float(Reconstructor(grid, target, own, progress=False).data_loss(
+        torch.from_numpy(truth), 1)) < 1e-12
+
+
+def test_own_normalisation_needs_b0_in_every_stage(problem):
+    from spinverse.errors import ConfigError
+
+    grid, target, _ = problem
+    cfg = ReconConfig(stages=[StageConfig(name="high b", sequences=[0], iterations=2,
+                                          bvalues=[1000.0, 3000.0])],
+                      data_normalise="own")
+    with pytest.raises(ConfigError, match="b = 0"):
+        Reconstructor(grid, target, cfg, progress=False)
+    Reconstructor(grid, target, cfg.model_copy(update={"data_normalise": "target"}),
+                  progress=False)

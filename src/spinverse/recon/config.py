@@ -120,6 +120,11 @@ class ReconConfig(_Strict):
     stages: list[StageConfig] = Field(min_length=1)
     threshold: float = Field(1e-3, gt=0, description="barrier threshold on κ, µm/µs")
     data_scale: float = Field(100.0, gt=0, description="factor of the data term")
+    data_normalise: Literal["target", "own"] = Field(
+        "target", description="target: both |S| divided by the target's |S(b=0)| (published; "
+        "the b = 0 row fits the volume too); own: each signal by its own |S(b=0)|, the "
+        "attenuation E(b), blind to the overall scale and to an S0 the model gets wrong "
+        "(e.g. the leak through Robin outer faces); needs b = 0 in every stage")
     stopping: StoppingConfig = StoppingConfig()
     seed: int = 0
     restarts: int = Field(1, ge=1, description="random restarts; the best data loss wins")

@@ -90,8 +90,13 @@ def _stage_views(target: Target, config: ReconConfig) -> list[dict[str, Any]]:
                            bvalues=prot.bvalues[bidx])
         s0 = target.s0[seqs]
         tgt = np.abs(target.signal[np.ix_(seqs, bidx)])
+        zero = [k for k, i in enumerate(bidx) if prot.bvalues[i] == 0]
+        if config.data_normalise == "own" and not zero:
+            raise ConfigError(f"stage {st.name!r}: data_normalise: own needs the b = 0 row "
+                              "among the stage's b-values", field="data_normalise")
         views.append({"protocol": sub, "target": torch.from_numpy(tgt),
-                      "s0": torch.from_numpy(s0), "sequences": seqs, "bvalues": bidx})
+                      "s0": torch.from_numpy(s0), "sequences": seqs, "bvalues": bidx,
+                      "b0_row": zero[0] if zero else None})
     return views
 
 
@@ -138,8 +143,9 @@ class Reconstructor:
     # ----------------------------------------------------------------- losses
     def data_loss(self, kappa: torch.Tensor, stage_index: int,
                   basis: np.ndarray | None = None) -> torch.Tensor:
-        """100 × mean over (sequence, b, direction) of (|S|/S0_target − |T|/S0_target)²;
-        with ``basis``, on that frozen eigenbasis (see ``optimizer.eigen_refresh``)."""
+        """100 × mean over (sequence, b, direction) of (|S|/S0_target − |T|/S0_target)²
+        (``data_normalise: own``: of (|S|/|S(b=0)| − |T|/|T(b=0)|)²); with ``basis``, on
+        that frozen eigenbasis (see ``optimizer.eigen_refresh``)."""
         from spinverse.autodiff.losses import signal_loss
 
         view = self.views[stage_index]
@@ -147,6 +153,11 @@ class Reconstructor:
         s = self._simulate(self.grid, kappa, view["protocol"],
                            outer_boundary=self.target.outer_boundary, cache=self.cache,
                            **extra)
+        if self.config.data_normalise == "own":
+            z = view["b0_row"]
+            mag, tgt = s.abs(), view["target"]
+            return signal_loss(mag / mag[:, z:z + 1, :], tgt / tgt[:, z:z + 1, :], 1.0,
+                               scale=self.config.data_scale)
         return signal_loss(s, view["target"], view["s0"], scale=self.config.data_scale)
 
     def prior_terms(self, v: torch.Tensor, weights: dict[str, float]) -> dict[str, torch.Tensor]:
