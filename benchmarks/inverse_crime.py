@@ -19,6 +19,9 @@ protocol and ℓ = 2 µm), and the fit still runs on the benchmark grid. Per cas
     python benchmarks/inverse_crime.py [--cases ...] [--refine 1] [--greedy 000 ...]
         [--greedy-weights 0 1 1] [--recon 018 016 007] [--workers 2] [--out /tmp/inverse_crime]
 
+(rows with other ``--greedy-weights`` are kept beside the default ones, as part
+``gap_weights_…``).
+
 Writes ``inverse_crime.json`` next to this file (rows merged by case and part) and prints
 a table. Refined targets are cached in ``--out``.
 """
@@ -35,6 +38,8 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 JSON = HERE / "inverse_crime.json"
+#: Greedy descent's per-sequence weights: the middle and long sequences (the curriculum's).
+DEFAULT_WEIGHTS = (0.0, 1.0, 1.0)
 
 
 def refined_target(case: str, levels: int, out: Path):
@@ -68,7 +73,7 @@ def flip_margin(case: str) -> dict:
 
 
 def gap_row(case: str, levels: int, out: Path, greedy: bool,
-            weights: tuple[float, ...] = (0.0, 1.0, 1.0)) -> dict:
+            weights: tuple[float, ...] = DEFAULT_WEIGHTS) -> dict:
     from landscape import RegionLoss, _flip, descend
     from threadpoolctl import threadpool_limits
 
@@ -79,7 +84,9 @@ def gap_row(case: str, levels: int, out: Path, greedy: bool,
         target, sim_s = refined_target(case, levels, out)
         f = RegionLoss(case, target=target)
         per = f.per_sequence(f.inside)
-        row = {"case": case, "part": "gap", "refine": levels,
+        part = "gap" if not greedy or weights == DEFAULT_WEIGHTS else (
+            "gap_weights_" + "_".join(f"{w:g}" for w in weights))
+        row = {"case": case, "part": part, "refine": levels,
                "truth_per_sequence": per.tolist(), "truth_loss": float(per.mean()),
                "target_seconds": sim_s, **flip_margin(case)}
         # How much one tet changes the signal, per sequence: every single-tet flip of the
@@ -180,7 +187,7 @@ def main() -> None:
     ap.add_argument("--refine", type=int, default=1, help="1:8 refinement levels of the target")
     ap.add_argument("--greedy", nargs="*", default=[],
                     help="cases for greedy descent from the truth (slow: minutes per step)")
-    ap.add_argument("--greedy-weights", type=float, nargs="*", default=[0.0, 1.0, 1.0],
+    ap.add_argument("--greedy-weights", type=float, nargs="*", default=list(DEFAULT_WEIGHTS),
                     help="per-sequence weights of the descent's loss (default: the middle "
                          "and long sequences, which the published curriculum fits)")
     ap.add_argument("--recon", nargs="*", default=[], help="cases to reconstruct")
