@@ -144,17 +144,29 @@ def single_flips(name: str) -> dict:
             "seconds": time.perf_counter() - t0}
 
 
-def descend(f: RegionLoss, inside: np.ndarray, max_steps: int = 60
+def descend(f: RegionLoss, inside: np.ndarray, max_steps: int = 60, on_step=None
             ) -> tuple[np.ndarray, float, int]:
     """Greedy descent: the best single-tet flip per step until none lowers ``f``.
-    Returns the region where it stops, its loss and the number of steps."""
+    ``on_step(region)`` is called after every step. Returns the region where it stops, its
+    loss and the number of steps."""
     current, steps = f(inside), 0
     while steps < max_steps:
         best, t = min((f(_flip(inside, t)), t) for t in f.boundary_tets(inside))
         if best >= current:
             break
         inside, current, steps = _flip(inside, t), best, steps + 1
+        if on_step is not None:
+            on_step(inside)
     return inside, current, steps
+
+
+def perturb(f: RegionLoss, k: int, seed: int) -> np.ndarray:
+    """The truth region with ``k`` random boundary-tet flips (generator seeded by ``seed``)."""
+    rng = np.random.default_rng(seed)
+    inside = f.inside.copy()
+    for _ in range(k):
+        inside = _flip(inside, int(rng.choice(f.boundary_tets(inside))))
+    return inside
 
 
 def greedy(name: str, k: int, seed: int, max_steps: int = 60) -> dict:
@@ -162,10 +174,7 @@ def greedy(name: str, k: int, seed: int, max_steps: int = 60) -> dict:
 
     with threadpool_limits(1):
         f = RegionLoss(name)
-        rng = np.random.default_rng(seed)
-        inside = f.inside.copy()
-        for _ in range(k):
-            inside = _flip(inside, int(rng.choice(f.boundary_tets(inside))))
+        inside = perturb(f, k, seed)
         start_loss, start_f1 = f(inside), f.f1(inside)
         t0 = time.perf_counter()
         inside, current, steps = descend(f, inside, max_steps)

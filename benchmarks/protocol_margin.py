@@ -54,16 +54,12 @@ def make_protocol(name: str):
 
 def start_inside(f, start: str) -> np.ndarray:
     """The start region (T,) bool of ``truth:K:SEED`` or ``run:DIR``."""
-    from landscape import _flip
+    from landscape import perturb
 
     kind, _, rest = start.partition(":")
     if kind == "truth":
         k, seed = (int(x) for x in rest.split(":"))
-        rng = np.random.default_rng(seed)
-        inside = f.inside.copy()
-        for _ in range(k):
-            inside = _flip(inside, int(rng.choice(f.boundary_tets(inside))))
-        return inside
+        return perturb(f, k, seed)
     if kind == "run":
         from anneal import start_region
 
@@ -72,7 +68,7 @@ def start_inside(f, start: str) -> np.ndarray:
 
 
 def run(case: str, protocol: str, start: str, max_steps: int) -> dict:
-    from landscape import RegionLoss, _flip
+    from landscape import RegionLoss, _flip, descend
     from threadpoolctl import threadpool_limits
 
     from spinverse.mesh.phantoms import barrier_faces, phantom_kappa
@@ -94,12 +90,7 @@ def run(case: str, protocol: str, start: str, max_steps: int) -> dict:
         flips = np.array([f(_flip(f.inside, t)) for t in f.boundary_tets(f.inside)])
         inside = start_inside(f, start)
         steps = [scores(inside)]
-        while len(steps) <= max_steps:
-            best, t = min((f(_flip(inside, t)), t) for t in f.boundary_tets(inside))
-            if best >= steps[-1]["loss"]:
-                break
-            inside = _flip(inside, t)
-            steps.append(scores(inside))
+        descend(f, inside, max_steps, on_step=lambda region: steps.append(scores(region)))
     return {"case": f.name, "protocol": protocol, "start": start,
             "n_bvalues": int(f.target.protocol.n_bvalues),
             "n_directions": int(f.target.protocol.n_directions),
