@@ -189,3 +189,23 @@ def test_each_run_uses_one_thread(tmp_path, monkeypatch):
     rec = run_one(spec, str(tmp_path), figures=False)
     assert seen["threads"] == 1
     assert rec["status"] == "failed" and "stop here" in rec["error"]
+
+
+def test_search_arm_resolves_to_a_one_process_search_config():
+    """A search arm runs the whole-shape search, one process per sweep worker, with its
+    overrides, the run's seed and, with noise, the noise's SNR for the ensemble."""
+    from spinverse.recon.search import SearchConfig
+    from spinverse.sweep.runner import _config
+
+    sweep = SweepConfig.model_validate({
+        "cases": ["018"],
+        "arms": {"s": {"preset": "search", "config": {"budget": 123,
+                                                       "ensemble": {"max_members": 7}}}},
+        "seeds": [4], "noise": ["none", {"kind": "rician", "snr": 30}]})
+    clean, noisy = expand(sweep)
+    for spec, snr in ((clean, None), (noisy, 30.0)):
+        cfg = _config(spec)
+        assert isinstance(cfg, SearchConfig)
+        assert (cfg.budget, cfg.workers, cfg.seed) == (123, 1, 4)
+        assert cfg.ensemble.max_members == 7 and cfg.ensemble.snr == snr
+    assert "snr" not in sweep.arms["s"].config["ensemble"]  # the arm itself is unchanged

@@ -197,6 +197,45 @@ class Noise(StrEnum):
     gaussian = "gaussian"
 
 
+class Preset(StrEnum):
+    search = "search"
+    published = "published"
+
+
+def _method_config(config: Path | None, preset: Preset | None, *, seed: int,
+                   iterations: int | None, budget: int | None, snr: float | None):
+    """The reconstruction method's configuration from --config / --preset and the
+    options that tune it (one ``error:`` line when they do not fit the method)."""
+    from spinverse.recon.config import load_method_config, published_preset
+    from spinverse.recon.search.config import SearchConfig
+
+    if config is not None and preset is not None:
+        fail("give --config or --preset, not both")
+    if config is None and preset is None and iterations is not None:
+        preset = Preset.published  # --iterations is the gradient method's knob
+    if config is not None:
+        cfg = load_method_config(config)
+    elif preset is Preset.published:
+        cfg = published_preset()
+    else:
+        cfg = SearchConfig()
+    cfg = cfg.model_copy(update={"seed": seed})
+    if isinstance(cfg, SearchConfig):
+        if iterations is not None:
+            fail("--iterations belongs to the gradient method (--preset published); the "
+                 "search's cost is --budget")
+        if budget is not None:
+            cfg = cfg.model_copy(update={"budget": budget})
+        if snr is not None:
+            cfg = cfg.model_copy(update={"ensemble": cfg.ensemble.model_copy(
+                update={"snr": snr})})
+        return SearchConfig.model_validate(cfg.model_dump())
+    if budget is not None:
+        fail("--budget belongs to the search method; the gradient method's cost is "
+             "--iterations")
+    return cfg.scaled_to(iterations) if iterations is not None else cfg
+
+
 @app.command()
 @friendly_errors
 def reconstruct(
@@ -206,14 +245,22 @@ def reconstruct(
                                               "optional faces (F,3) fixing the face order.")
                     ] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Run folder.")] = Path("run"),
-    config: Annotated[Path | None, typer.Option(help="RECON.yaml (default: the published "
-                                                "preset: curriculum + priors).")] = None,
+    config: Annotated[Path | None, typer.Option(
+        help="RECON.yaml: method: search (the default; see README) or method: gradient "
+             "(the published curriculum + priors and its variants).")] = None,
+    preset: Annotated[Preset | None, typer.Option(
+        help="search (default: whole-shape search with an ensemble) or published (gradient "
+             "descent on per-face κ with the published curriculum and priors).")] = None,
+    budget: Annotated[int | None, typer.Option(
+        min=10, help="search: distinct shapes simulated in all (default 4000).")] = None,
     outer_boundary: Annotated[OuterBoundary | None, typer.Option(
         help="Override the target's outer-boundary mode.")] = None,
     protocol: Annotated[Path | None, typer.Option(
         help="PROTOCOL.yaml overriding the one stored in the target.")] = None,
     noise: Annotated[Noise | None, typer.Option(help="Add noise to the target.")] = None,
-    snr: Annotated[float, typer.Option(help="SNR relative to |S(b=0)|.")] = 100.0,
+    snr: Annotated[float | None, typer.Option(
+        help="SNR relative to |S(b=0)|: of the noise --noise adds (default 100), or of a "
+             "measured target; the search sets its ensemble tolerance from it.")] = None,
     seed: Annotated[int, typer.Option(help="Noise and initialisation seed.")] = 0,
     case: Annotated[str | None, typer.Option(
         help="Reconstruct a public benchmark case (simulated with the published protocol "
@@ -222,7 +269,8 @@ def reconstruct(
         min=0, help="With --case: simulate the target on the benchmark grid refined this "
                     "many times (1:8 per level), so it is not an inverse crime.")] = 0,
     iterations: Annotated[int | None, typer.Option(
-        help="Scale every stage so the run has about this many iterations in all.")] = None,
+        help="Gradient method (implies --preset published without --config): scale every "
+             "stage to about this many iterations in all.")] = None,
     bvals: Annotated[Path | None, typer.Option(
         help="FSL bvals (s/mm²) of a NIfTI --target.")] = None,
     bvecs: Annotated[Path | None, typer.Option(help="FSL bvecs of a NIfTI --target.")] = None,
@@ -243,14 +291,11 @@ def reconstruct(
     """
     import numpy as np
 
-    from spinverse.recon.config import load_config, published_preset
-    from spinverse.recon.reconstructor import Target
+    from spinverse.recon.targets import Target
     from spinverse.recon.workflow import case_target
 
-    cfg = load_config(config) if config is not None else published_preset()
-    cfg = cfg.model_copy(update={"seed": seed})
-    if iterations is not None:
-        cfg = cfg.scaled_to(iterations)
+    cfg = _method_config(config, preset, seed=seed, iterations=iterations, budget=budget,
+                         snr=snr)
     reference = None
     if case is not None:
         if target is not None or grid is not None:
@@ -269,9 +314,9 @@ def reconstruct(
         if _is_nifti(target):
             the_grid = load_mesh(grid).grid
             tgt = _nifti_target(target, bvals, bvecs, voxel, mask, protocol, the_grid)
-            if config is None:
-                from spinverse.recon.config import no_curriculum
+            from spinverse.recon.config import ReconConfig, no_curriculum
 
+            if config is None and isinstance(cfg, ReconConfig):  # one measured sequence
                 cfg = no_curriculum(cfg, sequences="all")
             _run_reconstruction(the_grid, tgt, out, cfg, None, outer_boundary, noise, snr,
                                 seed, str(target), quiet)
@@ -295,19 +340,23 @@ def reconstruct(
 
 
 def _run_reconstruction(the_grid, tgt, out: Path, cfg, reference, outer_boundary,
-                        noise, snr: float, seed: int, label: str, quiet: bool,
+                        noise, snr: float | None, seed: int, label: str, quiet: bool,
                         refine_target: int = 0) -> None:
     from spinverse.recon.noise import add_noise
-    from spinverse.recon.reconstructor import Target
+    from spinverse.recon.targets import Target
     from spinverse.recon.workflow import reconstruct as run_reconstruction
 
     if outer_boundary is not None:
         tgt = Target(tgt.signal, tgt.protocol, outer_boundary.value)
     if noise is not None:
+        snr = 100.0 if snr is None else snr
         tgt = Target(add_noise(tgt.signal, snr=snr, kind=noise.value, seed=seed),
                      tgt.protocol, tgt.outer_boundary)
+        if hasattr(cfg, "ensemble") and cfg.ensemble.snr is None:
+            cfg = cfg.model_copy(update={"ensemble": cfg.ensemble.model_copy(
+                update={"snr": snr})})
     extra = {"case": label, "noise": noise.value if noise else "none",
-             "snr": snr if noise else None, "seed": seed, "target_refine": refine_target}
+             "snr": snr, "seed": seed, "target_refine": refine_target}
     rec, metrics = run_reconstruction(the_grid, tgt, out, config=cfg,
                                       reference_faces=reference, progress=not quiet,
                                       extra=extra)
@@ -327,7 +376,7 @@ def _nifti_target(image: Path, bvals: Path | None, bvecs: Path | None, voxel: st
 
     from spinverse.acquisition.protocol import load_protocol
     from spinverse.io.nifti import read_voxel_signal
-    from spinverse.recon.reconstructor import Target
+    from spinverse.recon.targets import Target
 
     missing = [flag for flag, v in (("--bvals", bvals), ("--bvecs", bvecs),
                                     ("--protocol", protocol)) if v is None]
@@ -361,20 +410,35 @@ def _nifti_target(image: Path, bvals: Path | None, bvecs: Path | None, voxel: st
 
 
 def _summary(out: Path, rec, metrics: dict) -> str:
-    lines = [f"{out}: {len(rec.barrier)} barrier faces, data loss "
-             f"{rec.data_loss:.3g}, {rec.seconds:.0f} s"]
+    search = metrics.get("method") == "search"
+    what = f"{metrics.get('simulations', 0)} shapes simulated" if search else "gradient fit"
+    lines = [f"{out}: {len(rec.barrier)} barrier faces, data loss {rec.data_loss:.3g}, "
+             f"{rec.seconds:.0f} s ({what})"]
+    if search:
+        rise = metrics.get("neighbour_loss_increase_median")
+        lines.append(
+            f"  single-tet neighbours: median loss increase {rise:.3g}"
+            if rise is not None else "  single-tet neighbours: not scanned")
+        lines.append(f"  ensemble: {metrics['ensemble_size']} shapes within "
+                     f"{metrics['ensemble_tolerance']:.3g} of the answer's loss, "
+                     f"{metrics['ensemble_uncertain_faces']} faces uncertain")
+        if "truth_one_tet_level" in metrics:
+            lines.append(f"  truth: one-tet level {metrics['truth_one_tet_level']:.3g}, "
+                         f"answer's twin overlap {metrics['twin_overlap']:.2f}, truth in "
+                         f"ensemble: {'yes' if metrics['truth_in_ensemble'] else 'no'}")
     if "f1" in metrics:
         lines.append(
             f"  face F1 {metrics['f1']:.3f} (best alignment {metrics.get('f1_aligned', 0):.3f}),"
             f" Chamfer² {metrics.get('chamfer', float('nan')):.3g} µm², bad edges "
             f"{metrics.get('bad_pct', float('nan')):.1f} %")
-        lines.append(
-            f"  closed interface: F1 {metrics.get('closed_f1', 0):.3f} (best alignment "
-            f"{metrics.get('closed_f1_aligned', 0):.3f}), Chamfer² "
-            f"{metrics.get('closed_chamfer', float('nan')):.3g} µm², bad edges "
-            f"{metrics.get('closed_bad_pct', float('nan')):.1f} %")
-    lines.append(f"  pictures: {out / 'surface.png'}, {out / 'loss.png'}, "
-                 f"{out / 'signals.png'}")
+        if not search:
+            lines.append(
+                f"  closed interface: F1 {metrics.get('closed_f1', 0):.3f} (best alignment "
+                f"{metrics.get('closed_f1_aligned', 0):.3f}), Chamfer² "
+                f"{metrics.get('closed_chamfer', float('nan')):.3g} µm², bad edges "
+                f"{metrics.get('closed_bad_pct', float('nan')):.1f} %")
+    pics = ["surface.png", "loss.png", "signals.png"] + (["probability.png"] if search else [])
+    lines.append("  pictures: " + ", ".join(str(out / p) for p in pics))
     return "\n".join(lines)
 
 
@@ -385,32 +449,26 @@ def demo(
         "spinverse-demo"
     ),
     case: Annotated[str, typer.Option(help="Benchmark case to reconstruct.")] = "018",
-    iterations: Annotated[int, typer.Option(help="Total iterations (the published "
-                                            "two-stage schedule, scaled).")] = 80,
-    length_scale: Annotated[float, typer.Option(
-        help="Eigen truncation length ℓ (µm) of the demo protocol; the published 2 µm "
-             "keeps ~8× more modes and takes much longer.")] = 4.0,
-    start_kappa: Annotated[float, typer.Option(
-        help="Initial κ on every face (µm/µs); the published start is 1e-3.")] = 1e-2,
+    budget: Annotated[int, typer.Option(
+        min=10, help="Distinct shapes the search may simulate.")] = 600,
+    quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
 ) -> None:
-    """Reconstruct the sphere of the public benchmark from its simulated signal and write
-    the pictures (a few minutes on 2 cores: a lighter setting than the published one)."""
-    from spinverse.acquisition.protocol import published_protocol
-    from spinverse.recon.config import published_preset
+    """Reconstruct the sphere of the public benchmark from its simulated signal (the
+    published protocol and conventions, all three sequences) with the whole-shape search,
+    and write the pictures (about 1–2 min on 2 cores)."""
+    from spinverse.recon.search.config import SearchConfig
     from spinverse.recon.workflow import case_target
     from spinverse.recon.workflow import reconstruct as run_reconstruction
 
-    protocol = published_protocol().replace(length_scale=length_scale)
-    grid, target, reference = case_target(case, protocol=protocol)
+    grid, target, reference = case_target(case)
     typer.echo(f"target: benchmark case {case} on a {grid.n_tets}-tet grid, "
-               f"{protocol.n_sequences} PGSE sequences, ℓ = {length_scale:g} µm; fitting "
-               f"{grid.n_faces} face permeabilities for {iterations} iterations ...")
-    cfg = published_preset().scaled_to(iterations)
-    cfg = cfg.model_copy(update={"parameterisation": cfg.parameterisation.model_copy(
-        update={"start_kappa": start_kappa})})
+               f"{target.protocol.n_sequences} PGSE sequences (published protocol, Robin "
+               f"outer faces); searching sharp shapes ({budget} at most) ...")
+    cfg = SearchConfig(budget=budget, families={"ellipsoid": min(300, budget // 2)},
+                       descents=1)
     rec, metrics = run_reconstruction(grid, target, out, config=cfg,
-                                      reference_faces=reference,
-                                      extra={"case": case, "demo_length_scale": length_scale})
+                                      reference_faces=reference, progress=not quiet,
+                                      extra={"case": case})
     typer.echo(_summary(out, rec, metrics))
 
 

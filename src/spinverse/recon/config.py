@@ -204,13 +204,14 @@ def no_curriculum(config: ReconConfig | None = None,
     return base.model_copy(update={"stages": [stage]})
 
 
-def _format_error(e: ValidationError, source: str | None) -> ConfigError:
+def _format_error(e: ValidationError, source: str | None,
+                  model: type[BaseModel] | None = None) -> ConfigError:
     err = e.errors()[0]
     loc = ".".join(str(p) for p in err["loc"])
     msg = err["msg"]
     if err["type"] == "extra_forbidden":
         key = str(err["loc"][-1])
-        parent: Any = ReconConfig
+        parent: Any = model or ReconConfig
         for part in err["loc"][:-1]:
             if isinstance(part, str) and hasattr(parent, "model_fields"):
                 ann = parent.model_fields[part].annotation
@@ -232,8 +233,7 @@ def config_from_dict(data: dict[str, Any], *, source: str | None = None) -> Reco
         raise _format_error(e, source) from None
 
 
-def load_config(path: str | PathLike[str]) -> ReconConfig:
-    """Read a RECON.yaml (any top-level key omitted takes the published preset's value)."""
+def _read_yaml(path: str | PathLike[str]) -> Any:
     p = Path(path)
     if not p.is_file():
         raise InputFileError("no such file", source=str(path))
@@ -248,7 +248,46 @@ def load_config(path: str | PathLike[str]) -> ReconConfig:
         what = (f"{problem} (line {mark.line + 1}, column {mark.column + 1})"
                 if mark is not None and problem else " ".join(str(exc).split()))
         raise InputFileError(f"not valid YAML: {what}", source=str(path)) from exc
-    return config_from_dict({} if data is None else data, source=str(path))
+    return {} if data is None else data
+
+
+def load_config(path: str | PathLike[str]) -> ReconConfig:
+    """Read a RECON.yaml of the gradient method (any top-level key omitted takes the
+    published preset's value)."""
+    return config_from_dict(_read_yaml(path), source=str(path))
+
+
+#: Keys that only the gradient method has (a file with one of them and no ``method`` key
+#: is read as ``method: gradient``, as before the search existed).
+GRADIENT_KEYS = ("parameterisation", "optimizer", "stages", "data_scale", "data_normalise",
+                 "stopping", "restarts", "checkpoint_every")
+METHODS = ("search", "gradient")
+
+
+def method_config_from_dict(data: Any, *, source: str | None = None) -> Any:
+    """A :class:`~spinverse.recon.search.config.SearchConfig` (``method: search``, the
+    default) or a :class:`ReconConfig` (``method: gradient``, or gradient-only keys)."""
+    from spinverse.recon.search.config import SearchConfig
+
+    if not isinstance(data, dict):
+        raise ConfigError("must be a mapping of keys to values", source=source)
+    data = dict(data)
+    implied = "gradient" if any(k in data for k in GRADIENT_KEYS) else "search"
+    method = data.pop("method", implied)
+    if method not in METHODS:
+        raise ConfigError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}",
+                          source=source, field="method")
+    if method == "gradient":
+        return config_from_dict(data, source=source)
+    try:
+        return SearchConfig.model_validate(data)
+    except ValidationError as e:
+        raise _format_error(e, source, SearchConfig) from None
+
+
+def load_method_config(path: str | PathLike[str]) -> Any:
+    """Read a RECON.yaml of either method (see :func:`method_config_from_dict`)."""
+    return method_config_from_dict(_read_yaml(path), source=str(path))
 
 
 def dump_config(config: ReconConfig) -> str:

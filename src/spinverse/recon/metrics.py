@@ -352,6 +352,47 @@ def _alignment_label(reflect: bool, shift: np.ndarray) -> str:
     return "+".join(parts) or "identity"
 
 
+def _best_transform(grid: TetGrid, tr: dict[str, np.ndarray], p: np.ndarray, t: np.ndarray
+                    ) -> tuple[int, np.ndarray, int]:
+    """Index of the transform in ``tr`` that maps the faces ``p`` onto ``t`` with the
+    highest F1 (ties: the simplest), the mapped faces and how many transforms were valid."""
+    if not len(p):
+        return 0, p, 1
+    mapped = _map_face_sets(grid, tr["vmaps"], p)  # (S, B)
+    valid = np.all(mapped >= 0, axis=1)
+    tmask = _mask(t, grid.n_faces)
+    tp = np.where(valid, tmask[np.where(mapped >= 0, mapped, 0)].sum(axis=1), 0)
+    prec = tp / len(p)
+    rec = tp / len(t) if len(t) else np.zeros(len(tp))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        f1 = np.where(tp > 0, 2 * prec * rec / (prec + rec), 0.0)
+    f1 = np.where(valid, f1, -1.0)
+    best = int(np.flatnonzero(f1 >= f1.max() - 1e-12)[0])  # identity is index 0
+    faces = np.sort(mapped[best]) if valid[best] else p
+    return best, faces, int(valid.sum())
+
+
+def align_face_values(grid: TetGrid, pred: np.ndarray, target: np.ndarray,
+                      values: np.ndarray, *, max_shift: int = 2,
+                      body_centred: bool = True) -> np.ndarray:
+    """(F,) per-face ``values`` (e.g. a barrier probability) moved into ``target``'s frame
+    by the blind-symmetry transform that aligns ``pred`` with ``target`` best (as in
+    :func:`best_aligned_scores`); faces mapped off the grid are dropped (0)."""
+    p = _faces(pred, grid.n_faces, "pred")
+    t = _faces(target, grid.n_faces, "target")
+    v = np.asarray(values, dtype=np.float64)
+    if v.shape != (grid.n_faces,):
+        raise ValueError(f"values must have shape ({grid.n_faces},), got {v.shape}")
+    tr = _transforms(grid, max_shift, body_centred)
+    best, _, _ = _best_transform(grid, tr, p, t)
+    nz = np.flatnonzero(v)
+    mapped = _map_face_sets(grid, tr["vmaps"][best][None], nz)[0]
+    out = np.zeros(grid.n_faces)
+    ok = mapped >= 0
+    out[mapped[ok]] = v[nz[ok]]
+    return out
+
+
 def best_aligned_scores(grid: TetGrid, pred: np.ndarray, target: np.ndarray, *,
                         max_shift: int = 2, body_centred: bool = True) -> dict[str, Any]:
     """Scores of ``pred`` at its best alignment with ``target`` among the signal's blind
@@ -369,21 +410,7 @@ def best_aligned_scores(grid: TetGrid, pred: np.ndarray, target: np.ndarray, *,
     p = _faces(pred, grid.n_faces, "pred")
     t = _faces(target, grid.n_faces, "target")
     tr = _transforms(grid, max_shift, body_centred)
-    if len(p):
-        mapped = _map_face_sets(grid, tr["vmaps"], p)  # (S, B)
-        valid = np.all(mapped >= 0, axis=1)
-        tmask = _mask(t, grid.n_faces)
-        tp = np.where(valid, tmask[np.where(mapped >= 0, mapped, 0)].sum(axis=1), 0)
-        prec = tp / len(p)
-        rec = tp / len(t) if len(t) else np.zeros(len(tp))
-        with np.errstate(invalid="ignore", divide="ignore"):
-            f1 = np.where(tp > 0, 2 * prec * rec / (prec + rec), 0.0)
-        f1 = np.where(valid, f1, -1.0)
-        best = int(np.flatnonzero(f1 >= f1.max() - 1e-12)[0])  # identity is index 0
-        faces = np.sort(mapped[best]) if valid[best] else p
-        n_valid = int(valid.sum())
-    else:
-        best, faces, n_valid = 0, p, 1
+    best, faces, n_valid = _best_transform(grid, tr, p, t)
     reflect = bool(tr["reflect"][best])
     shift = tr["shift"][best]
     precision, recall, f1_best = face_scores(faces, t, grid.n_faces)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import resource
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,8 @@ import numpy as np
 from spinverse import __version__
 from spinverse.mesh.grid import TetGrid
 from spinverse.mesh.io import save_surface, save_vtu
-from spinverse.recon.reconstructor import Reconstruction, Target
+from spinverse.recon.reconstructor import Reconstruction
+from spinverse.recon.targets import Target
 
 
 def write_outputs(
@@ -37,8 +39,14 @@ def write_outputs(
     reference_faces: np.ndarray | None = None,
     extra: dict[str, Any] | None = None,
     figures: bool = True,
+    arrays: dict[str, np.ndarray] | None = None,
+    history_figure: Callable[[Path, list[dict[str, Any]]], Any] | None = None,
 ) -> dict[str, Any]:
-    """Write the run folder's files; returns the metrics dictionary."""
+    """Write the run folder's files; returns the metrics dictionary.
+
+    ``arrays`` are saved in kappa.npz beside κ (e.g. ``barrier_probability``);
+    ``history_figure(path, history)`` draws loss.png (default: the optimiser's loss
+    history, :func:`~spinverse.viz.recon.plot_history`)."""
     from spinverse.recon.metrics import closed_surface, evaluate, structural_validity
 
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -46,7 +54,7 @@ def write_outputs(
     np.savez(run_dir / "kappa.npz", kappa=rec.kappa, faces=grid.faces, barrier=rec.barrier,
              closed=closed,
              threshold=np.array(threshold), outer_boundary=np.array(target.outer_boundary),
-             spinverse_version=np.array(__version__))
+             spinverse_version=np.array(__version__), **(arrays or {}))
     if len(rec.barrier):
         save_surface(run_dir / "surface.ply", grid, rec.barrier)
         save_surface(run_dir / "surface.vtu", grid, rec.barrier)
@@ -64,11 +72,11 @@ def write_outputs(
         "barrier_faces": int(len(rec.barrier)),
         "data_loss_final_stage": rec.data_loss,
         "data_loss_per_sequence": per_seq,
-        "iterations": len(rec.history),
         "seconds": rec.seconds,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "restart": rec.restart,
-        "modes_last": rec.history[-1].get("modes") if rec.history else None,
+        **({"iterations": len(rec.history), "restart": rec.restart,
+            "modes_last": rec.history[-1].get("modes") if rec.history else None}
+           if rec.info.get("method", "gradient") == "gradient" else {}),
         **rec.info,
         **(extra or {}),
     }
@@ -85,7 +93,7 @@ def write_outputs(
         from spinverse.viz.recon import plot_history, plot_kappa_histogram, plot_surfaces
         from spinverse.viz.signals import plot_signals
 
-        plot_history(run_dir / "loss.png", rec.history)
+        (history_figure or plot_history)(run_dir / "loss.png", rec.history)
         plot_signals(run_dir / "signals.png", target.protocol,
                      {"target": target.signal, "fitted": fitted_signal},
                      title="measured (markers) vs fitted (lines)")

@@ -19,7 +19,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from spinverse.acquisition.protocol import Protocol
 from spinverse.errors import ConfigError, SolverError
 from spinverse.mesh.grid import TetGrid
 from spinverse.recon import priors as P
@@ -27,30 +26,12 @@ from spinverse.recon.config import ReconConfig, dump_config
 from spinverse.recon.curriculum import learning_rate, locate, prior_weights, stage_start
 from spinverse.recon.optim import make_optimizer
 from spinverse.recon.parameterisation import LogSigmoidKappa
+from spinverse.recon.targets import Target
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint.pt"
 LOG = "log.jsonl"
-
-
-@dataclass(frozen=True)
-class Target:
-    """What is fitted: ``signal`` (n_seq, n_b, n_dir) complex µm³ for ``protocol``, with
-    the outer-boundary mode of the model used to fit it."""
-
-    signal: np.ndarray
-    protocol: Protocol
-    outer_boundary: str = "reflecting"
-
-    @property
-    def s0(self) -> np.ndarray:
-        """|S(b=0)| (n_seq, n_dir), µm³: the normaliser of the data term."""
-        zero = np.flatnonzero(self.protocol.bvalues == 0)
-        if len(zero) == 0:
-            raise ConfigError("the target protocol needs a b = 0 row for normalisation",
-                              field="bvalues")
-        return np.abs(self.signal[:, zero[0], :])
 
 
 @dataclass

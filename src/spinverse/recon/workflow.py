@@ -12,8 +12,10 @@ import numpy as np
 from spinverse.acquisition.protocol import Protocol, published_protocol
 from spinverse.forward import simulate_signal
 from spinverse.mesh.grid import TetGrid
-from spinverse.recon.config import ReconConfig, published_preset
-from spinverse.recon.reconstructor import Reconstruction, Reconstructor, Target
+from spinverse.recon.config import ReconConfig
+from spinverse.recon.reconstructor import Reconstruction, Reconstructor
+from spinverse.recon.search.config import SearchConfig
+from spinverse.recon.targets import Target
 
 log = logging.getLogger(__name__)
 
@@ -51,16 +53,22 @@ def reconstruct(
     target: Target,
     run_dir: str | Path,
     *,
-    config: ReconConfig | None = None,
+    config: ReconConfig | SearchConfig | None = None,
     reference_faces: np.ndarray | None = None,
     progress: bool = True,
     figures: bool = True,
     extra: dict[str, Any] | None = None,
 ) -> tuple[Reconstruction, dict[str, Any]]:
-    """Fit κ to ``target`` and write RUN_DIR (κ, surface, metrics, log, config, figures)."""
+    """Fit ``target`` and write RUN_DIR (κ, surface, metrics, log, config, figures).
+
+    ``config``: a :class:`SearchConfig` (the whole-shape search, the default) or a
+    :class:`ReconConfig` (gradient descent on per-face κ, e.g. the published preset)."""
     from spinverse.recon.outputs import write_outputs
 
-    cfg = config or published_preset()
+    cfg = config if config is not None else SearchConfig()
+    if isinstance(cfg, SearchConfig):
+        return _search(grid, target, Path(run_dir), cfg, reference_faces, progress, figures,
+                       extra)
     run = Path(run_dir)
     rec = Reconstructor(grid, target, cfg, progress=progress,
                         reference_faces=reference_faces).fit(run)
@@ -70,3 +78,66 @@ def reconstruct(
                             fitted_signal=fitted, reference_faces=reference_faces,
                             extra=extra, figures=figures)
     return rec, metrics
+
+
+def _search(grid: TetGrid, target: Target, run: Path, cfg: SearchConfig,
+            reference_faces: np.ndarray | None, progress: bool, figures: bool,
+            extra: dict[str, Any] | None) -> tuple[Reconstruction, dict[str, Any]]:
+    from functools import partial
+
+    import yaml
+
+    from spinverse.mesh.benchmark import enclosed_tets
+    from spinverse.recon.outputs import write_outputs
+    from spinverse.recon.search import ShapeSearch
+    from spinverse.viz.recon import plot_barrier_probability, plot_search_history
+
+    truth = None
+    if reference_faces is not None:
+        truth = enclosed_tets(grid, reference_faces)
+        truth = truth if truth.any() else None
+    run.mkdir(parents=True, exist_ok=True)
+    (run / "config.yaml").write_text(
+        yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), encoding="utf-8")
+    search = ShapeSearch(grid, target, cfg, progress=progress)
+    res = search.run(run, reference_region=truth)
+    fitted = simulate_signal(grid, res.kappa, target.protocol,
+                             outer_boundary=target.outer_boundary).signal
+    ens = res.ensemble
+    import resource
+
+    workers_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    info = {"method": "search", "simulations": res.simulations,
+            "peak_rss_workers_mb": workers_mb,
+            **ens.summary(search.space),
+            **{k: v for k, v in res.info.items() if k != "truth"},
+            **{f"{k}": v for k, v in res.info.get("truth", {}).items()}}
+    if reference_faces is not None:
+        info["barrier_probability_on_truth_mean"] = _probability_on_reference(
+            grid, res.barrier_probability, res.barrier, reference_faces)
+    rec = Reconstruction(kappa=res.kappa, barrier=res.barrier, history=res.history,
+                         data_loss=res.data_loss, seconds=res.seconds, info=info)
+    history_fig = partial(plot_search_history, ensemble_losses=ens.losses,
+                          neighbour_losses=res.neighbour_losses)
+    metrics = write_outputs(
+        run, grid, rec, target, threshold=cfg.threshold, fitted_signal=fitted,
+        reference_faces=reference_faces, extra=extra, figures=figures,
+        arrays={"barrier_probability": res.barrier_probability, "region": res.region,
+                "ensemble_regions": np.packbits(ens.regions, axis=1),
+                "ensemble_losses": ens.losses, "ensemble_weights": ens.weights},
+        history_figure=history_fig)
+    if figures:
+        plot_barrier_probability(run / "probability.png", grid, res.barrier_probability,
+                                 reference_faces)
+    return rec, metrics
+
+
+def _probability_on_reference(grid: TetGrid, probability: np.ndarray, answer: np.ndarray,
+                              reference: np.ndarray) -> float:
+    """Mean barrier probability over the reference faces, after putting the probability
+    map in the reference's frame by the alignment that scores the answer best (the
+    blind symmetries of :func:`~spinverse.recon.metrics.best_aligned_scores`)."""
+    from spinverse.recon.metrics import align_face_values
+
+    aligned = align_face_values(grid, answer, reference, probability)
+    return float(aligned[np.asarray(reference, dtype=np.int64)].mean())

@@ -22,7 +22,7 @@ from spinverse.errors import SolverError
 log = logging.getLogger(__name__)
 
 #: Below this many unknowns a dense generalised eigen-solver is used by default.
-DENSE_MAX_DOFS = 1200
+DENSE_MAX_DOFS = 500
 #: Above this fraction of wanted modes out of all unknowns, LAPACK beats ARPACK.
 DENSE_FRACTION = 0.2
 

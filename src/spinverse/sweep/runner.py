@@ -34,6 +34,17 @@ def _config(spec: RunSpec):
 
     from spinverse.recon.config import ablation_arm, config_from_dict, dump_config
 
+    if spec.arm.preset == "search":
+        import copy
+
+        from spinverse.recon.config import method_config_from_dict
+
+        # One process per sweep worker: the sweep spreads runs over the cores.
+        data = {"method": "search", "workers": 1, **copy.deepcopy(spec.arm.config),
+                "seed": spec.seed}
+        if spec.noise.kind != "none":
+            data.setdefault("ensemble", {}).setdefault("snr", spec.noise.snr or 100.0)
+        return method_config_from_dict(data, source=f"arm {spec.arm_name}")
     cfg = ablation_arm(spec.arm.preset)
     if spec.arm.config:
         merged = {**yaml.safe_load(dump_config(cfg)), **spec.arm.config}
@@ -47,7 +58,7 @@ def _target(spec: RunSpec):
     """(grid, Target, reference barrier faces or None) of a run's case."""
     import numpy as np
 
-    from spinverse.recon.reconstructor import Target
+    from spinverse.recon.targets import Target
 
     case = spec.case
     if isinstance(case, str):
@@ -92,7 +103,7 @@ def _phantom_target(case: PhantomCase, prot):
         random_bent_axon,
         voxelise,
     )
-    from spinverse.recon.reconstructor import Target
+    from spinverse.recon.targets import Target
 
     grid = bcc_grid(case.bcc)
     if case.phantom == "sphere":
@@ -121,7 +132,7 @@ def run_one(spec: RunSpec, out: str, *, figures: bool = True) -> dict[str, Any]:
     t0 = time.perf_counter()
     try:
         from spinverse.recon.noise import add_noise
-        from spinverse.recon.reconstructor import Target
+        from spinverse.recon.targets import Target
         from spinverse.recon.workflow import reconstruct
 
         cfg = _config(spec)

@@ -10,6 +10,7 @@ arms:                           # name -> preset (ablation arm) and overrides
   joint: {preset: joint}
   short: {preset: both, iterations: 100, config: {seed: 3}}
   light: {preset: both, length_scale: 4.0, config: {parameterisation: {start_kappa: 0.01}}}
+  search: {preset: search, config: {budget: 2000}}   # the whole-shape search
 seeds: [0]
 noise: [none, {kind: rician, snr: 50}]
 ```
@@ -52,10 +53,12 @@ class PhantomCase(_Strict):
 
 
 class Arm(_Strict):
-    preset: Literal["curriculum", "continuity", "manifold", "both", "joint"] = "both"
-    iterations: int | None = Field(None, gt=0, description="scale stages to this total")
+    preset: Literal["curriculum", "continuity", "manifold", "both", "joint", "search"] = "both"
+    iterations: int | None = Field(None, gt=0, description="scale stages to this total "
+                                   "(gradient presets)")
     config: dict[str, Any] = Field(default_factory=dict,
-                                   description="top-level RECON.yaml keys overriding the preset")
+                                   description="top-level RECON.yaml keys overriding the preset "
+                                   "(for search: SearchConfig keys, e.g. budget)")
     length_scale: float | None = Field(
         None, gt=0, description="eigen truncation length ℓ (µm) of the published protocol "
         "used to simulate and fit benchmark and phantom targets (default: its 2 µm)")

@@ -106,3 +106,85 @@ def _save(fig: Any, path: str | PathLike[str], plt: Any) -> Path:
     fig.savefig(out, dpi=120)
     plt.close(fig)
     return out
+
+
+def plot_search_history(path: str | PathLike[str], history: list[dict[str, Any]],
+                        ensemble_losses: np.ndarray | None = None,
+                        neighbour_losses: np.ndarray | None = None) -> Path:
+    """Best data loss against the number of shapes simulated (a marker per improvement,
+    coloured by stage), and the losses of the ensemble and of the answer's single-tet
+    neighbours."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    ax = axes[0]
+    sims = [h["simulations"] for h in history]
+    ax.step(sims, [h["loss"] for h in history], where="post", color="k", lw=1)
+    stages = list(dict.fromkeys(h["stage"] for h in history if h["stage"] != "end"))
+    for i, st in enumerate(stages):
+        pts = [(h["simulations"], h["loss"]) for h in history if h["stage"] == st]
+        ax.scatter(*zip(*pts, strict=True), s=14, color=f"C{i}", label=st, zorder=3)
+    ax.set_yscale("log")
+    ax.set_xlabel("shapes simulated")
+    ax.set_ylabel("data loss of the best shape")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    ax = axes[1]
+    floor = 1e-6
+    if neighbour_losses is not None and len(neighbour_losses):
+        ax.hist(np.log10(np.maximum(neighbour_losses, floor)), bins=30, alpha=0.6,
+                color="C1", label="answer's single-tet neighbours")
+    if ensemble_losses is not None and len(ensemble_losses):
+        ax.hist(np.log10(np.maximum(ensemble_losses, floor)), bins=30, alpha=0.6,
+                color="C0", label="ensemble members")
+        ax.axvline(np.log10(max(float(np.min(ensemble_losses)), floor)), color="k", ls="--",
+                   lw=0.8, label="answer")
+    ax.set_xlabel("log10 data loss")
+    ax.set_ylabel("shapes")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, path, plt)
+
+
+def plot_barrier_probability(path: str | PathLike[str], grid: TetGrid,
+                             probability: np.ndarray,
+                             reference: np.ndarray | None = None) -> Path:
+    """Faces with a non-zero barrier probability, coloured by it (3-D, two views), and
+    the reference surface when known."""
+    plt = _pyplot()
+    import matplotlib
+    from matplotlib import cm
+    from mpl_toolkits.mplot3d.art3d import Poly3DCollection
+
+    prob = np.asarray(probability, float)
+    faces = np.flatnonzero(prob > 0)
+    panels = [("barrier probability", 30, -60), ("barrier probability (turned)", 30, 30)]
+    if reference is not None:
+        panels.append(("reference surface", 30, -60))
+    fig = plt.figure(figsize=(4.2 * len(panels) + 0.8, 4.2))
+    lo, hi = grid.bounding_box
+    cmap = matplotlib.colormaps["viridis"]
+    for i, (title, elev, azim) in enumerate(panels):
+        ax = fig.add_subplot(1, len(panels), i + 1, projection="3d")
+        if title.startswith("reference"):
+            ref = np.asarray(reference, dtype=int)
+            tri = grid.points[grid.faces[ref]]
+            colours = [(0.2, 0.45, 0.8, 0.6)] * len(ref)
+        else:
+            order = np.argsort(prob[faces])
+            tri = grid.points[grid.faces[faces[order]]]
+            colours = cmap(prob[faces[order]])
+            colours[:, 3] = 0.25 + 0.6 * prob[faces[order]]
+        ax.add_collection3d(Poly3DCollection(tri, facecolors=colours, edgecolor="k",
+                                             linewidths=0.1))
+        ax.set_xlim(lo[0], hi[0])
+        ax.set_ylim(lo[1], hi[1])
+        ax.set_zlim(lo[2], hi[2])
+        ax.set_box_aspect((1, 1, 1))
+        ax.view_init(elev=elev, azim=azim)
+        ax.set_title(title, fontsize=9)
+        ax.tick_params(labelsize=6)
+    sm = cm.ScalarMappable(cmap=cmap)
+    sm.set_clim(0, 1)
+    fig.colorbar(sm, ax=fig.axes, shrink=0.6, label="P(face is a membrane)")
+    return _save(fig, path, plt)
