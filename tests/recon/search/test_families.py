@@ -54,12 +54,18 @@ def test_ring_contains_the_points_near_its_circle():
 
 
 @pytest.mark.parametrize("family", [TubeFamily(2), EllipsoidFamily(), BallsFamily(2), RingFamily()])
-def test_start_vectors_lie_within_bounds(family):
+def test_start_vectors_lie_within_bounds_and_match_the_volume(family):
     tensor = np.diag([1e-4, 2e-4, 9e-4])
-    x0 = family.start(tensor, 0.4)
     lo, hi = family.bounds()
-    assert x0.shape == (family.dim(),)
-    assert np.all(x0 >= lo) and np.all(x0 <= hi)
+    starts = family.starts(tensor, 0.3)
+    assert len(starts) >= 2
+    grid_pts = np.stack(np.meshgrid(*[np.linspace(-1.5, 1.5, 61)] * 3), -1).reshape(-1, 3)
+    cell = (3.0 / 60) ** 3
+    for x0 in starts:
+        assert x0.shape == (family.dim(),)
+        assert np.all(x0 >= lo) and np.all(x0 <= hi)
+    volume = family.contains(starts[0], grid_pts).sum() * cell
+    assert 0.15 < volume < 0.6  # the first start holds about the volume asked for
 
 
 def test_fit_improves_keeps_to_its_budget_and_is_deterministic(space, protocol):
@@ -71,7 +77,8 @@ def test_fit_improves_keeps_to_its_budget_and_is_deterministic(space, protocol):
     half = 0.5 * np.ptp(space.grid.points, axis=0).max()
     ev = Evaluator(model)
     start_loss = ev.loss(space.repair(fam.contains(x0, (centre - space.centre) / half)))
-    fits = [fit_family(fam, space, Evaluator(model), x0, budget=150, seed=4) for _ in range(2)]
+    fits = [fit_family(fam, space, Evaluator(model), [x0], budget=150, seed=4)
+            for _ in range(2)]
     for fit in fits:
         assert fit.evaluations <= 150 + 16  # a generation may finish past the budget
         assert space.is_valid(fit.region)

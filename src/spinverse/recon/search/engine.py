@@ -192,7 +192,7 @@ class ShapeSearch:
             (self._run_dir / LOG_FILE).unlink()  # a replay rewrites the same lines
 
         # 1. starts read off the signal
-        starts, tensor, sizes = self._starts()
+        starts, tensor, volume = self._starts()
         losses = ev.losses(starts)
         for r, lo in zip(starts, losses, strict=True):
             self._record(ev, "start", r, float(lo))
@@ -206,8 +206,8 @@ class ShapeSearch:
             budget = min(budget, self._remaining(ev) - cfg.final_reserve)
             if budget <= 0:
                 break
-            x0 = family.start(tensor, sizes["tube" if name == "tube" else "ellipsoid"] / half)
-            fit = fit_family(family, space, ev, x0, budget=budget, seed=cfg.seed + 17 * i)
+            fit = fit_family(family, space, ev, family.starts(tensor, volume / half**3),
+                             budget=budget, seed=cfg.seed + 17 * i)
             self._stages.append({"stage": f"family:{name}", "loss": fit.loss,
                                  "simulations": fit.evaluations, "restarts": fit.restarts})
             if np.isfinite(fit.loss):
@@ -316,16 +316,16 @@ class ShapeSearch:
             info={"stages": list(self._stages)},
         )
 
-    def _starts(self) -> tuple[list[np.ndarray], np.ndarray, dict[str, float]]:
-        """The ADC ellipsoid and tube regions (repaired), the tensor (µm²/µs) and each
-        family's start size (µm). The tensor is fitted at the smallest non-zero b; when the
-        protocol cannot give one (fewer than 6 directions), the start is a centred ball."""
+    def _starts(self) -> tuple[list[np.ndarray], np.ndarray, float]:
+        """The ADC ellipsoid and tube regions (repaired), the tensor (µm²/µs) and the
+        volume (µm³) of the compartment (the ellipsoid's, sized to |S(b=0)|). The tensor is
+        fitted at the smallest non-zero b; when the protocol cannot give one (fewer than 6
+        directions), the start is a ball of a tenth of the grid."""
         from spinverse.errors import ConfigError
         from spinverse.recon.initial import adc_start_kappa
 
         t = self.target
         b = np.asarray(t.protocol.bvalues, dtype=float)
-        half = 0.5 * np.ptp(self.grid.points, axis=0).max()
         kappas = (self.config.membrane_kappa, self.config.other_kappa)
         try:
             ell, tube = (adc_start_kappa(self.grid, t.signal, t.protocol,
@@ -334,14 +334,13 @@ class ShapeSearch:
                          for shape in ("adc_ellipsoid", "adc_tube"))
         except (ConfigError, ValueError) as exc:
             log.info("no ADC start (%s); starting from a centred ball", exc)
-            return [], np.eye(3), {"ellipsoid": 0.4 * half, "tube": 0.25 * half}
+            return [], np.eye(3), 0.1 * self.grid.volume
         regions = []
         for st in (ell, tube):
             r = self.space.repair(st.inside)
             if self.space.is_valid(r):
                 regions.append(r)
-        # Sizes: the ellipsoid's largest semi-axis and the tube's radius (µm).
-        return regions, ell.tensor, {"ellipsoid": ell.size, "tube": tube.size}
+        return regions, ell.tensor, float(self.grid.volumes[ell.inside].sum())
 
     # ---------------------------------------------------------- checkpoints
     def _meta(self) -> dict[str, Any]:

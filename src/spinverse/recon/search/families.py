@@ -39,6 +39,14 @@ def _segment_distance(points: np.ndarray, poly: np.ndarray) -> np.ndarray:
     return best
 
 
+def _axes(tensor: np.ndarray) -> np.ndarray:
+    """(3, 3) principal axes (columns, a right-handed frame) of a tensor, ascending."""
+    vectors = np.linalg.eigh(0.5 * (tensor + tensor.T))[1]
+    if np.linalg.det(vectors) < 0:
+        vectors[:, 0] *= -1
+    return vectors
+
+
 def _rotation(vec: np.ndarray) -> np.ndarray:
     """Rotation matrix of a rotation vector (axis × angle, radians)."""
     angle = float(np.linalg.norm(vec))
@@ -61,9 +69,9 @@ class ShapeFamily:
     def bounds(self) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def start(self, tensor: np.ndarray, size: float) -> np.ndarray:  # pragma: no cover
-        """A start vector from the target's apparent diffusion tensor (3, 3) and a size
-        (half-width units) that matches its volume."""
+    def starts(self, tensor: np.ndarray, volume: float) -> list[np.ndarray]:  # pragma: no cover
+        """Start vectors (the first the most likely) from the target's apparent diffusion
+        tensor (3, 3) and the volume of its compartment (half-width units³)."""
         raise NotImplementedError
 
     def contains(self, x: np.ndarray, points: np.ndarray) -> np.ndarray:  # pragma: no cover
@@ -85,10 +93,11 @@ class TubeFamily(ShapeFamily):
         n = 3 * (self.n_segments + 1)
         return (np.r_[np.full(n, -1.3), 0.05], np.r_[np.full(n, 1.3), 1.0])
 
-    def start(self, tensor: np.ndarray, size: float) -> np.ndarray:
-        axis = np.linalg.eigh(0.5 * (tensor + tensor.T))[1][:, -1]
+    def starts(self, tensor: np.ndarray, volume: float) -> list[np.ndarray]:
+        axis = _axes(tensor)[:, -1]
         poly = np.outer(np.linspace(-1.1, 1.1, self.n_segments + 1), axis)
-        return np.r_[poly.ravel(), np.clip(size, 0.06, 0.99)]
+        radius = np.sqrt(volume / (np.pi * 2.0))  # a tube across the box
+        return [np.r_[poly.ravel(), np.clip(f * radius, 0.06, 0.99)] for f in (1.0, 0.8, 1.25)]
 
     def contains(self, x: np.ndarray, points: np.ndarray) -> np.ndarray:
         poly = np.asarray(x[:-1]).reshape(self.n_segments + 1, 3)
@@ -108,16 +117,16 @@ class EllipsoidFamily(ShapeFamily):
         return (np.r_[np.full(3, -1.0), np.full(3, np.log(0.05)), np.full(3, -2 * np.pi)],
                 np.r_[np.full(3, 1.0), np.full(3, np.log(2.0)), np.full(3, 2 * np.pi)])
 
-    def start(self, tensor: np.ndarray, size: float) -> np.ndarray:
-        values, vectors = np.linalg.eigh(0.5 * (tensor + tensor.T))
-        if np.linalg.det(vectors) < 0:
-            vectors[:, 0] *= -1
-        axes = np.sqrt(np.maximum(values, 1e-12 * max(values.max(), 1e-30)))
-        axes = size * axes / axes.max()
+    def starts(self, tensor: np.ndarray, volume: float) -> list[np.ndarray]:
         from scipy.spatial.transform import Rotation
 
+        values = np.linalg.eigvalsh(0.5 * (tensor + tensor.T))
+        vectors = _axes(tensor)
+        shape = np.sqrt(np.maximum(values, 1e-2 * max(values.max(), 1e-30)))
+        axes = shape * np.cbrt(volume / (4 / 3 * np.pi * np.prod(shape)))
         rotvec = Rotation.from_matrix(vectors).as_rotvec()
-        return np.r_[np.zeros(3), np.log(np.clip(axes, 0.06, 1.9)), rotvec]
+        return [np.r_[np.zeros(3), np.log(np.clip(f * axes, 0.06, 1.9)), rotvec]
+                for f in (1.0, 0.85, 1.15)]
 
     def contains(self, x: np.ndarray, points: np.ndarray) -> np.ndarray:
         rel = (points - x[:3]) @ _rotation(x[6:9])
@@ -140,12 +149,15 @@ class BallsFamily(ShapeFamily):
         return (np.r_[np.full(3 * n, -1.0), np.full(n, 0.05)],
                 np.r_[np.full(3 * n, 1.0), np.full(n, 1.0)])
 
-    def start(self, tensor: np.ndarray, size: float) -> np.ndarray:
-        axis = np.linalg.eigh(0.5 * (tensor + tensor.T))[1][:, -1]
+    def starts(self, tensor: np.ndarray, volume: float) -> list[np.ndarray]:
+        axes = _axes(tensor)
         n = self.n_balls
-        centres = np.outer(np.linspace(-0.5, 0.5, n) if n > 1 else [0.0], axis)
-        radius = np.clip(size / n ** (1 / 3), 0.06, 0.99)
-        return np.r_[centres.ravel(), np.full(n, radius)]
+        radius = np.clip(np.cbrt(volume / (n * 4 / 3 * np.pi)), 0.06, 0.99)
+        out = []
+        for k, spread in ((-1, 0.5), (-1, 0.8), (1, 0.6)):  # along the main / middle axis
+            line = np.linspace(-spread, spread, n) if n > 1 else np.zeros(1)
+            out.append(np.r_[np.outer(line, axes[:, k]).ravel(), np.full(n, radius)])
+        return out
 
     def contains(self, x: np.ndarray, points: np.ndarray) -> np.ndarray:
         n = self.n_balls
@@ -168,10 +180,13 @@ class RingFamily(ShapeFamily):
         return (np.r_[np.full(3, -1.0), np.full(3, -1.0), 0.1, 0.05],
                 np.r_[np.full(3, 1.0), np.full(3, 1.0), 1.2, 0.8])
 
-    def start(self, tensor: np.ndarray, size: float) -> np.ndarray:
-        axis = np.linalg.eigh(0.5 * (tensor + tensor.T))[1][:, 0]  # least diffusion
-        return np.r_[np.zeros(3), axis, np.clip(0.6 * size, 0.11, 1.1),
-                     np.clip(0.35 * size, 0.06, 0.7)]
+    def starts(self, tensor: np.ndarray, volume: float) -> list[np.ndarray]:
+        axis = _axes(tensor)[:, 0]  # a flat ring diffuses least along its axis
+        out = []
+        for major in (0.75, 0.5, 1.0):
+            minor = np.sqrt(volume / (2 * np.pi**2 * major))
+            out.append(np.r_[np.zeros(3), axis, major, np.clip(minor, 0.06, 0.7)])
+        return out
 
     def contains(self, x: np.ndarray, points: np.ndarray) -> np.ndarray:
         axis = np.asarray(x[3:6], float)
@@ -207,7 +222,7 @@ def fit_family(
     family: ShapeFamily,
     space: RegionSpace,
     evaluator: Evaluator,
-    x0: np.ndarray,
+    starts: list[np.ndarray],
     *,
     budget: int,
     seed: int,
@@ -215,10 +230,11 @@ def fit_family(
     popsize: int = 16,
     max_restarts: int = 3,
 ) -> FamilyFit:
-    """CMA-ES over ``family`` from ``x0`` until ``budget`` distinct regions have been
-    scored (cached ones are free), with IPOP restarts from the best point. Shapes that are
-    not valid regions (empty, the whole grid, not a closed 2-manifold after repair) get a
-    penalty; the fit's loss is inf when it found no valid one."""
+    """CMA-ES over ``family`` from the best of ``starts`` until ``budget`` distinct
+    regions have been scored (cached ones are free), with IPOP restarts from the best
+    point. Shapes that are not valid regions (empty, the whole grid, not a closed
+    2-manifold after repair) get a penalty; the fit's loss is inf when it found no valid
+    one."""
     import cma
 
     half = 0.5 * np.ptp(space.grid.points, axis=0).max()
@@ -231,9 +247,20 @@ def fit_family(
         inside = family.contains(np.asarray(x), pts)
         return space.repair(inside) if inside.any() else inside
 
-    best_loss, best_region, best_x = np.inf, region(x0), np.asarray(x0, float)
+    def score(xs: list[np.ndarray]) -> tuple[list[np.ndarray], list[float], list[bool]]:
+        regions = [region(x) for x in xs]
+        ok = [space.is_valid(r) for r in regions]
+        valid = [r for r, good in zip(regions, ok, strict=True) if good]
+        scored = iter(evaluator.losses(valid)) if valid else iter(())
+        return regions, [next(scored) if good else penalty for good in ok], ok
+
+    xs0 = [np.clip(np.asarray(x, float), lo, hi) for x in starts]
+    regions, losses, ok = score(xs0)
+    i = int(np.argmin(losses))
+    best_x = xs0[i]
+    best_loss, best_region = (losses[i], regions[i]) if ok[i] else (np.inf, regions[i])
     restarts = 0
-    xstart, pop = np.clip(x0, lo, hi), popsize
+    xstart, pop = best_x, popsize
     while evaluator.n_requested - start < budget and restarts <= max_restarts:
         es = cma.CMAEvolutionStrategy(
             xstart, sigma0,
@@ -243,12 +270,8 @@ def fit_family(
         stale = 0
         while not es.stop() and evaluator.n_requested - start < budget and stale < 30:
             xs = es.ask()
-            regions = [region(x) for x in xs]
             before = evaluator.n_requested
-            ok = [space.is_valid(r) for r in regions]
-            valid = [r for r, good in zip(regions, ok, strict=True) if good]
-            scored = iter(evaluator.losses(valid)) if valid else iter(())
-            losses = [next(scored) if good else penalty for good in ok]
+            regions, losses, ok = score(xs)
             stale = stale + 1 if evaluator.n_requested == before else 0
             es.tell(xs, losses)
             i = int(np.argmin(losses))
