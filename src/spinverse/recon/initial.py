@@ -2,7 +2,7 @@
 
 A uniform start keeps no magnetisation under the reference-compatible (Robin) boundary,
 and its first gradient carries no information on where the membrane is
-(``benchmarks/start_gradient.py``). Two cheap facts of the target signal do:
+(``studies/gradient_method/start_gradient.py``). Two cheap facts of the target signal do:
 
 * the apparent diffusion tensor of one sequence at low b (µm²/µs): its principal axes give
   the orientation and elongation of the compartment that holds the magnetisation;
