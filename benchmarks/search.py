@@ -33,14 +33,15 @@ BINS = (0.0, 1e-9, 0.1, 0.3, 0.5, 0.7, 0.9, 1.0 + 1e-9)
 
 
 def phantom_shapes() -> dict[str, object]:
-    """Four shapes that are not single tubes (µm, on the benchmark box ±13.3 µm)."""
+    """Four shapes that are not single tubes (µm, on the benchmark box ±13.3 µm); a tet is
+    inside when its centroid is (then repaired to a closed 2-manifold surface)."""
     from spinverse.mesh.phantoms import Ellipsoid, Sphere, Torus, Tube, Union
 
     tilt = np.linalg.qr(np.array([[1.0, 0.4, 0.2], [0.3, 1.0, -0.5], [0.1, 0.6, 1.0]]))[0]
     return {
         "p1_two_spheres": Union((Sphere([-6.5, -6.0, -5.0], 6.2), Sphere([6.0, 6.5, 5.5], 5.5))),
         "p2_oblique_ellipsoid": Ellipsoid([0.5, -0.5, 0.0], [12.0, 7.5, 5.5], tilt),
-        "p3_tilted_torus": Torus([0.0, 0.0, 0.0], [0.3, 0.2, 1.0], 8.5, 5.0),
+        "p3_tilted_torus": Torus([0.0, 0.0, 0.0], [0.3, 0.2, 1.0], 8.0, 4.0),
         "p4_branching_axon": Union((
             Tube(np.array([[-16.0, -3.0, 0.0], [0.0, 0.0, 1.0], [16.0, -5.0, 2.0]]), 5.0),
             Tube(np.array([[0.0, 0.0, 1.0], [4.0, 16.0, -3.0]]), 4.6))),
@@ -52,15 +53,17 @@ def row_target(name: str, noise: str | None, snr: float, seed: int):
     from spinverse.acquisition.protocol import published_protocol
     from spinverse.forward import simulate_signal
     from spinverse.mesh.benchmark import benchmark_grid
-    from spinverse.mesh.phantoms import barrier_faces, phantom_kappa, voxelise
+    from spinverse.mesh.phantoms import phantom_kappa
     from spinverse.recon.noise import add_noise
+    from spinverse.recon.search import RegionSpace
     from spinverse.recon.targets import Target
     from spinverse.recon.workflow import case_target
 
     shapes = phantom_shapes()
     if name in shapes:
         grid = benchmark_grid()
-        truth = barrier_faces(grid, voxelise(grid, shapes[name]))
+        space = RegionSpace(grid)  # voxelised by tet centroid, made a closed 2-manifold
+        truth = space.faces(space.repair(shapes[name].contains(grid.tet_centroids)))
         prot = published_protocol()
         sim = simulate_signal(grid, phantom_kappa(grid, truth), prot, outer_boundary="robin")
         target = Target(sim.signal, prot, "robin")
