@@ -444,6 +444,117 @@ def _summary(out: Path, rec, metrics: dict) -> str:
 
 @app.command()
 @friendly_errors
+def permeability(
+    target: Annotated[Path, typer.Option(help="SIGNALS.npz (from `spinverse simulate` or "
+                                         "measured), with a b = 0 row.")],
+    grid: Annotated[Path, typer.Option(help="GRID.npz: points (P,3) µm, tets (T,4), "
+                                       "optional faces (F,3).")],
+    membrane: Annotated[Path, typer.Option(help="M.npz with 'faces' (B,3): vertex triples "
+                                           "(any order) of the membrane's grid faces.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("perm"),
+    outer_boundary: Annotated[OuterBoundary | None, typer.Option(
+        help="Override the target's outer-boundary mode.")] = None,
+    snr: Annotated[float | None, typer.Option(
+        help="SNR relative to |S(b=0)|: report the Cramér–Rao standard deviation of κ.")
+    ] = None,
+    noise_model: Annotated[Noise, typer.Option(
+        help="Noise of the magnitudes for the bound.")] = Noise.rician,
+    other_kappa: Annotated[float, typer.Option(
+        help="κ (µm/µs) of every face not in the membrane (the benchmark's 0.1).")] = 0.1,
+    per_region: Annotated[bool, typer.Option(
+        help="One κ per enclosed region instead of one for the whole membrane.")] = False,
+) -> None:
+    """Fit the membrane's permeability κ (µm/µs) with the geometry given; write
+    DIR/permeability.json (κ, its CRLB std at --snr, exchange time τ = V/(κA) in ms of each
+    enclosed region, data loss) and DIR/fit.png."""
+    import json
+
+    import numpy as np
+
+    from spinverse.io.signals import load_signals
+    from spinverse.mesh.io import load_mesh
+    from spinverse.recon.outputs import to_jsonable
+    from spinverse.recon.permeability import fit_permeability
+    from spinverse.recon.targets import Target
+
+    if not np.isfinite(other_kappa) or other_kappa <= 0:
+        fail(f"--other-kappa must be a positive number of µm/µs, got {other_kappa:g}")
+    if snr is not None and (not np.isfinite(snr) or snr <= 0):
+        fail(f"--snr must be positive, got {snr:g}")
+    the_grid = load_mesh(grid).grid
+    sig = load_signals(target)
+    if not np.any(sig.protocol.bvalues == 0):
+        fail(f"{target}: bvalues: the target has no b = 0 row (the data term's normaliser)")
+    faces = _membrane_faces(membrane, the_grid)
+    tgt = Target(sig.signal, sig.protocol,
+                 outer_boundary.value if outer_boundary is not None else sig.outer_boundary)
+    typer.echo(f"fitting κ of {len(faces)} membrane faces "
+               f"({'one per enclosed region' if per_region else 'one shared value'}), "
+               f"{tgt.outer_boundary} outer boundary ...")
+    fit = fit_permeability(the_grid, tgt, faces, per_region=per_region,
+                           other_kappa=other_kappa, snr=snr, noise=noise_model.value)
+    out.mkdir(parents=True, exist_ok=True)
+    one = not per_region
+    result = {
+        "kappa": float(fit.kappa[0]) if one else fit.kappa.tolist(),
+        "kappa_std": (None if fit.kappa_std is None else
+                      float(fit.kappa_std[0]) if one else fit.kappa_std.tolist()),
+        "exchange_time_ms": fit.exchange_time_ms.tolist(),
+        "data_loss": fit.data_loss,
+        "units": {"kappa": "µm/µs", "exchange_time_ms": "ms", "region_volume": "µm³",
+                  "region_area": "µm²"},
+        "log10_kappa": fit.log10_kappa.tolist(),
+        "log10_kappa_std": None if fit.log10_kappa_std is None else fit.log10_kappa_std.tolist(),
+        "region_volume": fit.region_volume.tolist(),
+        "region_area": fit.region_area.tolist(),
+        "outer_boundary": tgt.outer_boundary, "other_kappa": other_kappa,
+        "simulations": fit.simulations, "seconds": fit.seconds, "scan": fit.scan,
+        **fit.info,
+    }
+    (out / "permeability.json").write_text(json.dumps(to_jsonable(result), indent=1))
+    from spinverse.viz.recon import plot_permeability_fit
+
+    plot_permeability_fit(out / "fit.png", tgt, fit)
+    std = ("" if fit.kappa_std is None else
+           " ± " + ", ".join(f"{s:.3g}" for s in fit.kappa_std) + f" (CRLB, SNR {snr:g})")
+    typer.echo(f"{out / 'permeability.json'}: κ = {', '.join(f'{k:.4g}' for k in fit.kappa)}"
+               f"{std} µm/µs; τ = {', '.join(f'{t:.3g}' for t in fit.exchange_time_ms)} ms; "
+               f"data loss {fit.data_loss:.3g}; {fit.seconds:.0f} s")
+
+
+def _membrane_faces(path: Path, grid: Any) -> Any:
+    """Face indices of M.npz's 'faces' (B,3) vertex triples; one-line errors otherwise."""
+    import numpy as np
+
+    from spinverse.errors import InputFileError, MeshError
+
+    if not Path(path).is_file():
+        raise InputFileError("no such file", source=str(path))
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if "faces" not in data.files:
+                raise InputFileError(f"missing key 'faces' (found: {', '.join(data.files)})",
+                                     source=str(path), field="faces")
+            tri = np.asarray(data["faces"])
+    except (OSError, ValueError) as exc:
+        if isinstance(exc, InputFileError):
+            raise
+        raise InputFileError(f"not a readable .npz file ({exc})", source=str(path)) from None
+    if tri.ndim != 2 or tri.shape[1] != 3 or not np.issubdtype(tri.dtype, np.integer):
+        raise InputFileError(f"expected integer vertex triples (B, 3), got {tri.dtype} "
+                             f"{tri.shape}", source=str(path), field="faces")
+    if len(tri) == 0:
+        raise MeshError("the membrane is empty (no faces)", source=str(path), field="faces")
+    idx = grid.face_index(tri)
+    bad = np.flatnonzero(idx < 0)
+    if len(bad):
+        raise MeshError(f"{len(bad)} rows are not faces of the grid (first: row {bad[0]} = "
+                        f"{tri[bad[0]].tolist()})", source=str(path), field="faces")
+    return np.unique(idx)
+
+
+@app.command()
+@friendly_errors
 def demo(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path(
         "spinverse-demo"

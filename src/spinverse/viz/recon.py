@@ -188,3 +188,36 @@ def plot_barrier_probability(path: str | PathLike[str], grid: TetGrid,
     sm.set_clim(0, 1)
     fig.colorbar(sm, ax=fig.axes, shrink=0.6, label="P(face is a membrane)")
     return _save(fig, path, plt)
+
+
+def plot_permeability_fit(path: str | PathLike[str], target: Any, fit: Any) -> Path:
+    """The data loss against log10 κ (the scan and the fit, with its CRLB ±2σ band when
+    known) beside the measured and fitted normalised signals."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    ax = axes[0]
+    ax.semilogy(fit.scan["log10_kappa"], np.maximum(fit.scan["data_loss"], 1e-30), "o-",
+                color="C0", label="scan (one κ for every group)")
+    for j, x in enumerate(fit.log10_kappa):
+        ax.axvline(x, color=f"C{j + 1}", lw=1.2, label=f"fit: κ = {10 ** x:.3g} µm/µs")
+        if fit.log10_kappa_std is not None:
+            s = fit.log10_kappa_std[j]
+            ax.axvspan(x - 2 * s, x + 2 * s, color=f"C{j + 1}", alpha=0.2)
+    ax.set_xlabel("log10 κ (κ in µm/µs)")
+    ax.set_ylabel("data loss")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    ax = axes[1]
+    shape = target.signal.shape
+    t = (np.abs(target.signal) / target.s0[:, None, :]).mean(axis=2)
+    f = fit.fitted_signal.reshape(shape).mean(axis=2)
+    b = np.asarray(target.protocol.bvalues)
+    for i in range(shape[0]):
+        ax.plot(b, t[i], "o", color=f"C{i}", label=f"sequence {i}: measured")
+        ax.plot(b, f[i], "-", color=f"C{i}", label=f"sequence {i}: fitted")
+    ax.set_xlabel("b (s/mm²)")
+    ax.set_ylabel("|S| / S0, mean over directions")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, path, plt)
