@@ -59,18 +59,19 @@ def test_resume_after_an_interruption_gives_the_same_result(grid, space, protoco
                                                             monkeypatch):
     target = make_target(space, protocol, two_regions, "robin")
     cfg = CONFIG.model_copy(update={"budget": 400})
-    whole = ShapeSearch(grid, target, cfg, progress=False).run()
-
     original = Evaluator.signals
-    calls = {"n": 0}
+    calls = {"n": 0, "stop": None}
 
-    def interrupted(self, regions):
+    def counted(self, regions):  # interrupted half-way through the whole run's batches
         calls["n"] += 1
-        if calls["n"] == 40:
+        if calls["n"] == calls["stop"]:
             raise KeyboardInterrupt
         return original(self, regions)
 
-    monkeypatch.setattr(Evaluator, "signals", interrupted)
+    monkeypatch.setattr(Evaluator, "signals", counted)
+    whole = ShapeSearch(grid, target, cfg, progress=False).run()
+    assert calls["n"] > 4
+    calls.update(stop=calls["n"] // 2, n=0)
     with pytest.raises(KeyboardInterrupt):
         ShapeSearch(grid, target, cfg, progress=False, checkpoint_seconds=0).run(tmp_path)
     monkeypatch.setattr(Evaluator, "signals", original)
@@ -88,18 +89,25 @@ def test_resume_after_an_interruption_gives_the_same_result(grid, space, protoco
 
 
 def test_ambiguous_case_reports_both_twins(grid, space, two_regions):
+    """Two shapes with equal signals by construction (x-mirror images under a protocol whose
+    directions the mirror maps to ± themselves): both are in the ensemble at the top
+    weight. Reflecting box, where the search is exact (with Robin walls the tiny grid's
+    near-twins at 1e-3 below a one-tet level of ~5 can hold it off the truth)."""
     protocol = short_protocol(MIRROR_SAFE)
-    target = make_target(space, protocol, two_regions, "robin")
+    target = make_target(space, protocol, two_regions)
     twin = space.image(two_regions, mirror_x(space))
     res = ShapeSearch(grid, target, CONFIG, progress=False).run()
     assert res.data_loss < 1e-20
     refl = space.point_reflection  # members are in the answer's frame: compare modulo it
-    keys = {m.tobytes() for m in res.ensemble.regions}
-    keys |= {space.image(m, refl).tobytes() for m in res.ensemble.regions}
-    assert two_regions.tobytes() in keys and twin.tobytes() in keys
-    weights = {m.tobytes(): w for m, w in zip(res.ensemble.regions, res.ensemble.weights,
-                                              strict=True)}
-    top = max(weights.values())
+
+    def weight_of(shape):
+        """Largest weight of a member with the shape's inner membrane (a region and its
+        complement fit equally in a reflecting box), modulo the point reflection."""
+        want = {_inner_membrane(space, s).tobytes() for s in (shape, space.image(shape, refl))}
+        ws = [w for m, w in zip(res.ensemble.regions, res.ensemble.weights, strict=True)
+              if _inner_membrane(space, m).tobytes() in want]
+        return max(ws, default=0.0)
+
+    top = res.ensemble.weights.max()
     for shape in (two_regions, twin):  # both carry the top weight (equal signals)
-        w = weights.get(shape.tobytes(), weights.get(space.image(shape, refl).tobytes()))
-        assert np.isclose(w, top)
+        assert np.isclose(weight_of(shape), top)

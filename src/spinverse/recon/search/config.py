@@ -39,18 +39,22 @@ class SearchConfig(_Strict):
     method: Literal["search"] = "search"
     budget: int = Field(4000, ge=10, description="distinct shapes simulated in all")
     families: dict[Literal["tube", "ellipsoid", "balls", "ring"], int] = Field(
-        default_factory=lambda: {"ellipsoid": 300, "ring": 300, "balls": 200, "tube": 600},
+        default_factory=lambda: {"ellipsoid": 250, "ring": 200, "balls": 150, "tube": 300},
         description="shape family → budget of its CMA-ES fit (distinct shapes)")
     tube_segments: int = Field(4, ge=1, le=12, description="segments of the tube family")
     balls: int = Field(2, ge=1, le=8, description="balls of the balls family")
     descents: int = Field(3, ge=0, description="multi-flip descents from the best "
                           "distinct start / family shapes")
     descent_budget: int = Field(1500, ge=1, description="budget of one of those descents")
+    trials: int = Field(2, ge=0, description="more fits (new seeds) of the family whose "
+                        "descent went lowest, each followed by a descent")
+    trial_budget: int = Field(200, ge=1, description="budget of one such fit")
     proposals: int = Field(12, ge=1, description="multi-flips simulated per descent step")
     hop_descents: int = Field(2, ge=0, description="descents from the best symmetry / "
                               "lattice images of each new best shape (0: no images)")
-    hop_ratio: float = Field(4.0, ge=1, description="descend from an image other than the "
-                             "best one only if its loss is at most this × the best shape's")
+    hop_ratio: float = Field(4.0, ge=1, description="descend from a family shape or an image "
+                             "other than the best only if its loss is at most this × the "
+                             "best's")
     kick_budget: int = Field(400, ge=1, description="budget of a descent after a hop or "
                              "a random kick")
     elites: int = Field(12, ge=1, description="local minima kept for basin hopping")

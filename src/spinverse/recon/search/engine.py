@@ -196,42 +196,66 @@ class ShapeSearch:
         losses = ev.losses(starts)
         for r, lo in zip(starts, losses, strict=True):
             self._record(ev, "start", r, float(lo))
-        candidates = [(float(lo), r) for lo, r in zip(losses, starts, strict=True)]
+        candidates = [(float(lo), r, "start") for lo, r in zip(losses, starts, strict=True)]
 
-        # 2. whole-shape families
+        # 2. whole-shape families: a short CMA-ES fit of each
         half = 0.5 * np.ptp(self.grid.points, axis=0).max()
+        fam_starts = {}
         for i, (name, budget) in enumerate(cfg.families.items()):
             family = (TubeFamily(cfg.tube_segments) if name == "tube" else
                       BallsFamily(cfg.balls) if name == "balls" else FAMILIES[name]())
+            fam_starts[name] = (family, family.starts(tensor, volume / half**3))
             budget = min(budget, self._remaining(ev) - cfg.final_reserve)
             if budget <= 0:
                 break
-            fit = fit_family(family, space, ev, family.starts(tensor, volume / half**3),
-                             budget=budget, seed=cfg.seed + 17 * i)
+            fit = fit_family(family, space, ev, fam_starts[name][1], budget=budget,
+                             seed=cfg.seed + 17 * i)
             self._stages.append({"stage": f"family:{name}", "loss": fit.loss,
                                  "simulations": fit.evaluations, "restarts": fit.restarts})
             if np.isfinite(fit.loss):
                 self._record(ev, f"family:{name}", fit.region, fit.loss)
-                candidates.append((fit.loss, fit.region))
+                candidates.append((fit.loss, fit.region, name))
         if self._best is None:
             from spinverse.errors import SolverError
 
             raise SolverError("the search found no valid shape (every candidate was empty, "
                               "the whole grid, or not a closed surface)")
 
-        # 3. descents from the best distinct candidates
+        # 3. descents from the best distinct candidates (within hop_ratio of the best),
+        # then more fits + descents of the family whose descent went lowest (new seeds)
         elites: list[DescentResult] = []
         seen: set[bytes] = set()
-        for _, region in sorted(candidates, key=lambda c: c[0]):
+        family_best: dict[str, float] = {}
+        top = min(c[0] for c in candidates)
+        for loss, region, name in sorted(candidates, key=lambda c: c[0]):
             if len(elites) >= cfg.descents or self._remaining(ev) <= cfg.final_reserve:
                 break
             key = ev.key(region)
-            if key in seen or not space.is_valid(region):
+            if key in seen or not space.is_valid(region) or loss > cfg.hop_ratio * top:
                 continue
             seen.add(key)
             res = self._descend(ev, region, rng, "descent", budget=cfg.descent_budget)
             if res is not None:
                 elites.append(res)
+                family_best[name] = min(family_best.get(name, np.inf), res.loss)
+        for trial in range(cfg.trials):
+            pool = {n: lo for n, lo in family_best.items() if n in fam_starts}
+            if not pool or self._remaining(ev) <= cfg.final_reserve + cfg.trial_budget:
+                break
+            name = min(pool, key=lambda n: pool[n])
+            family, starts_x = fam_starts[name]
+            fit = fit_family(family, space, ev, starts_x, budget=cfg.trial_budget,
+                             seed=cfg.seed + 1000 * (trial + 1))
+            self._stages.append({"stage": f"trial:{name}", "loss": fit.loss,
+                                 "simulations": fit.evaluations})
+            if not np.isfinite(fit.loss):
+                continue
+            self._record(ev, f"trial:{name}", fit.region, fit.loss)
+            res = self._descend(ev, fit.region, rng, "trial descent",
+                                budget=cfg.descent_budget)
+            if res is not None:
+                elites.append(res)
+                family_best[name] = min(family_best[name], res.loss)
 
         # 4. basin hopping: images of each new best, else random kicks of an elite
         orbit: set[bytes] = set()
