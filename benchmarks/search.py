@@ -13,6 +13,7 @@ table pools the barrier probability of every face over the rows.
 
     python benchmarks/search.py [--cases all | 000 001 ...] [--phantoms]
         [--noise rician --snr 50 --seeds 0 1 2] [--budget N] [--out DIR] [--json FILE]
+    python benchmarks/search.py --markdown     # the README tables from the JSON, no run
 
 Each row's run folder (kappa.npz, metrics.json, figures) goes to ``DIR/<row>``; the rows are
 merged into ``--json`` (default ``benchmarks/search.json``) by row name, so a table can be
@@ -129,6 +130,46 @@ def calibration(rows: list[dict], out: Path) -> list[dict]:
     return table
 
 
+def markdown(data: dict) -> str:
+    """The benchmarks/README tables of the rows and calibrations in ``data``."""
+    def f(x, fmt):
+        return "—" if x is None else format(x, fmt)
+
+    out = []
+    groups = {"public cases, noise-free": lambda k: k[:1].isdigit() and "_" not in k,
+              "Rician noise": lambda k: "_rician" in k or "_gaussian" in k,
+              "phantoms": lambda k: k.startswith("p")}
+    for title, sel in groups.items():
+        rows = [r for k, r in sorted(data["rows"].items()) if sel(k)]
+        if not rows:
+            continue
+        noisy = title == "Rician noise"
+        out += [f"**{title}**", "",
+                "| row | F1 | bad % | answer loss | " + ("truth loss + level" if noisy else
+                                                         "one-tet level")
+                + " | ≤ level | twin | ensemble | truth in it | p on truth | time s |",
+                "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in rows:
+            level = r["truth_one_tet_increase"] + (r["truth_loss"] if noisy else 0.0)
+            out.append(
+                f"| {r['key']} | {f(r['f1_aligned'], '.2f')} | {f(r['bad_pct'], '.1f')} | "
+                f"{f(r['answer_loss'], '.4f')} | {level:.4f} | "
+                f"{'yes' if r['loss_at_or_below_one_tet_level'] else '**no**'} | "
+                f"{f(r['twin_overlap'], '.2f')} | {r['ensemble_size']} | "
+                f"{'yes' if r['truth_in_ensemble'] else 'no'} | "
+                f"{f(r['barrier_probability_on_truth_mean'], '.2f')} | {r['seconds']:.0f} |")
+        out.append("")
+    for key in ("calibration_cases", "calibration_phantoms"):
+        if key in data:
+            out += [f"**barrier_probability reliability ({key.split('_')[1]}, pooled faces)**",
+                    "", "| predicted p | faces | mean predicted | observed frequency |",
+                    "|---|---|---|---|"]
+            out += [f"| {c['bin']} | {c['faces']} | {f(c['mean_predicted'], '.3f')} | "
+                    f"{f(c['observed'], '.3f')} |" for c in data[key]]
+            out.append("")
+    return "\n".join(out)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cases", nargs="*", default=["all"])
@@ -139,7 +180,12 @@ def main() -> None:
     ap.add_argument("--budget", type=int, default=None)
     ap.add_argument("--out", type=Path, default=Path("/tmp/spinverse-search"))
     ap.add_argument("--json", type=Path, default=HERE / "search.json")
+    ap.add_argument("--markdown", action="store_true",
+                    help="print the README tables of --json and stop")
     args = ap.parse_args()
+    if args.markdown:
+        print(markdown(json.loads(args.json.read_text())))
+        return
     from spinverse.mesh.benchmark import case_names
 
     if args.phantoms:

@@ -140,20 +140,22 @@ def karger_signal(params: np.ndarray, b: np.ndarray, t_d: np.ndarray) -> np.ndar
     """Direction-averaged E(b, t_d) of the two-site Kärger model: (n_seq, n_b). ``params``:
     intra fraction f, log10 τ_in (µs), then D_in and D_out (µm²/µs) of each diffusion time
     (restricted compartments have time-dependent apparent diffusivities; a single pair
-    cannot fit three diffusion times); b in µs/µm², t_d in µs."""
-    from scipy.linalg import expm
-
+    cannot fit three diffusion times); b in µs/µm², t_d in µs. 1ᵀ exp(t M) p0 of the 2×2
+    rate matrix M in closed form (real eigenvalues m ± s/2: detailed balance)."""
     f, log_tau = params[:2]
     d = np.asarray(params[2:]).reshape(len(t_d), 2)
     k_in = 1.0 / 10.0**log_tau  # in → out rate, 1/µs
     k_out = k_in * f / max(1.0 - f, 1e-12)  # detailed balance
-    out = np.empty((len(t_d), len(b)))
-    for i, t in enumerate(t_d):
-        for j, bj in enumerate(b):
-            q2 = bj / t
-            m = np.array([[-q2 * d[i, 0] - k_in, k_out], [k_in, -q2 * d[i, 1] - k_out]])
-            out[i, j] = expm(t * m).sum(axis=0) @ np.array([f, 1.0 - f])
-    return out
+    t = np.asarray(t_d, dtype=float)[:, None]
+    q2 = np.asarray(b, dtype=float)[None, :] / t
+    m11, m22 = -q2 * d[:, :1] - k_in, -q2 * d[:, 1:] - k_out
+    m, half = 0.5 * (m11 + m22), 0.5 * np.sqrt((m11 - m22) ** 2 + 4.0 * k_in * k_out)
+    hi, lo = np.exp(t * (m + half)), np.exp(t * (m - half))
+    x = t * half
+    shc = np.where(x > 1e-8, (hi - lo) / (2.0 * np.maximum(x, 1e-300)), np.exp(t * m))
+    # 1ᵀ (M − m I) p0 with p0 = (f, 1 − f)
+    lin = (m11 - m + k_in) * f + (k_out + m22 - m) * (1.0 - f)
+    return 0.5 * (hi + lo) + t * shc * lin
 
 
 def fit_karger(e: np.ndarray, b: np.ndarray, t_d: np.ndarray) -> tuple[np.ndarray, float]:
