@@ -57,8 +57,7 @@ def row_target(name: str, noise: str | None, snr: float, seed: int):
     from spinverse.mesh.phantoms import phantom_kappa
     from spinverse.recon.noise import add_noise
     from spinverse.recon.search import RegionSpace
-    from spinverse.recon.targets import Target
-    from spinverse.recon.workflow import case_target
+    from spinverse.recon.targets import Target, case_target
 
     shapes = phantom_shapes()
     if name in shapes:
@@ -97,7 +96,7 @@ def run_row(name: str, out: Path, noise: str | None, snr: float, seed: int,
         "barrier_probability_on_truth_mean", "neighbour_loss_increase_median",
         "simulations", "peak_rss_mb", "peak_rss_workers_mb", "chamfer_aligned")}
     row.update(name=name, noise=noise or "none", snr=snr if noise else None, seed=seed,
-               seconds=time.perf_counter() - tic)
+               budget=cfg.budget, seconds=time.perf_counter() - tic)
     level = row["truth_one_tet_increase"] + (row["truth_loss"] if noise else 0.0)
     row["loss_at_or_below_one_tet_level"] = bool(row["answer_loss"] <= level)
     return row
