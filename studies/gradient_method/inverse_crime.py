@@ -47,7 +47,7 @@ def refined_target(case: str, levels: int, out: Path):
     from spinverse.acquisition.protocol import published_protocol
     from spinverse.io.signals import load_signals, save_signals
     from spinverse.recon.reconstructor import Target
-    from spinverse.recon.workflow import case_target
+    from spinverse.recon.targets import case_target
 
     path = out / f"target_{case[:3]}_refine{levels}.npz"
     if path.is_file():

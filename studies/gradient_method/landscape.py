@@ -40,7 +40,7 @@ HERE = Path(__file__).resolve().parent
 def _problem(name: str):
     from spinverse.mesh.benchmark import resolve_case
     from spinverse.recon.metrics import enclosed_tets
-    from spinverse.recon.workflow import case_target
+    from spinverse.recon.targets import case_target
 
     grid, target, truth = case_target(name)
     ft = grid.face_tets

@@ -73,7 +73,7 @@ def run(case: str, protocol: str, start: str, max_steps: int) -> dict:
 
     from spinverse.mesh.phantoms import barrier_faces, phantom_kappa
     from spinverse.recon.metrics import evaluate
-    from spinverse.recon.workflow import case_target
+    from spinverse.recon.targets import case_target
 
     with threadpool_limits(1):
         target = None

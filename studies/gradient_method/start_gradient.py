@@ -37,7 +37,7 @@ def run_case(name: str, start: float) -> dict:
 
     from spinverse.recon.config import published_preset
     from spinverse.recon.reconstructor import Reconstructor
-    from spinverse.recon.workflow import case_target
+    from spinverse.recon.targets import case_target
 
     grid, target, truth = case_target(name)
     rec = Reconstructor(grid, target, published_preset(), progress=False)
@@ -68,7 +68,7 @@ def main() -> None:
     args = ap.parse_args()
     from spinverse.forward import simulate_signal
     from spinverse.mesh import benchmark
-    from spinverse.recon.workflow import case_target
+    from spinverse.recon.targets import case_target
 
     names = [benchmark.resolve_case(c) for c in (args.cases or benchmark.case_names())]
     rows = []

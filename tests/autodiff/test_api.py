@@ -154,20 +154,20 @@ def test_worker_threads_agree(bench) -> None:
 
 
 def test_thread_limit_and_environment(monkeypatch) -> None:
-    from spinverse.autodiff.functions import _threads, thread_limit
     from spinverse.errors import SolverError
+    from spinverse.solvers.mf import resolve_threads, thread_limit
 
     monkeypatch.delenv("SPINVERSE_NUM_THREADS", raising=False)
-    assert _threads(3) == 3
+    assert resolve_threads(3) == 3
     with thread_limit(1):
-        assert _threads(None) == 1
-        assert _threads(2) == 2  # an explicit argument wins
+        assert resolve_threads(None) == 1
+        assert resolve_threads(2) == 2  # an explicit argument wins
         with thread_limit(None):
-            assert _threads(None) >= 1
+            assert resolve_threads(None) >= 1
     monkeypatch.setenv("SPINVERSE_NUM_THREADS", "5")
-    assert _threads(None) == 5
+    assert resolve_threads(None) == 5
     with thread_limit(2):
-        assert _threads(None) == 2
+        assert resolve_threads(None) == 2
     monkeypatch.setenv("SPINVERSE_NUM_THREADS", "many")
     with pytest.raises(SolverError, match="SPINVERSE_NUM_THREADS"):
-        _threads(None)
+        resolve_threads(None)

@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from spinverse.autodiff.vjp import ReducedVJP, _sym_lower_to_full, exp_divided_differences
+from spinverse.autodiff.vjp import (
+    ReducedCotangents,
+    exp_divided_differences,
+    pgse_vjp,
+    segments_vjp,
+)
+from spinverse.solvers.reduced import ReducedModel
 
 
 def _problem(seed: int = 1, n: int = 10, n_pts: int = 40):
@@ -43,17 +49,13 @@ def _reference(lam, w, nu0, dirs, q, segments):
 
 
 def _grads(red, kind, q, dirs, segs, sbar, delta, big_delta):
-    n = red.n
-    la = np.zeros((n, n), order="F")
-    wa = [np.zeros((n, n), order="F") for _ in range(3)]
-    na = np.zeros(n)
+    acc = ReducedCotangents.zeros(red.n)
     if kind == "pgse":
         _, tape = red.pgse_forward(delta, big_delta, q, dirs, keep=True)
-        red.pgse_vjp(delta, big_delta, q, dirs, tape, sbar, la, wa, na)
+        pgse_vjp(red, delta, big_delta, q, dirs, tape, sbar, acc)
     else:
-        red.segments_vjp(segs, q, dirs, sbar, la, wa, na)
-    return (0.5 * _sym_lower_to_full(la),
-            np.stack([0.5 * _sym_lower_to_full(x) for x in wa]), na)
+        segments_vjp(red, segs, q, dirs, sbar, acc)
+    return acc.symmetric()
 
 
 @pytest.mark.parametrize("workers", [1, 2])
@@ -65,7 +67,7 @@ def test_reduced_vjp_matches_dense_autograd(kind: str, q_max: float, workers: in
     segs = ((delta, 1.0), (big_delta - delta, 0.0), (delta, -1.0))
     q = np.array([0.0, 2e-5, q_max])
     # chunk_bytes=0: one direction per chunk, so that the workers share the directions.
-    red = ReducedVJP(lam, w, nu0, pts, tol=1e-14, workers=workers, chunk_bytes=0)
+    red = ReducedModel(lam, w, nu0, pts, tol=1e-14, workers=workers, chunk_bytes=0)
     if kind == "pgse":
         s, _ = red.pgse_forward(delta, big_delta, q, dirs, keep=False)
     else:
@@ -89,14 +91,11 @@ def test_pgse_tape_and_recompute_agree() -> None:
     sbar = rng.standard_normal((3, 4)) + 0j
     out = []
     for budget in (1e9, 0.0):  # keep the Chebyshev tapes / recompute them
-        red = ReducedVJP(lam, w, nu0, pts, tol=1e-13, tape_bytes=budget)
-        n = red.n
-        la = np.zeros((n, n), order="F")
-        wa = [np.zeros((n, n), order="F") for _ in range(3)]
-        na = np.zeros(n)
+        red = ReducedModel(lam, w, nu0, pts, tol=1e-13, tape_bytes=budget)
+        acc = ReducedCotangents.zeros(red.n)
         _, tape = red.pgse_forward(4000.0, 9000.0, q, dirs, keep=True)
-        red.pgse_vjp(4000.0, 9000.0, q, dirs, tape, sbar, la, wa, na)
-        out.append((la, np.stack(wa), na))
+        pgse_vjp(red, 4000.0, 9000.0, q, dirs, tape, sbar, acc)
+        out.append((acc.lam, np.stack(acc.w), acc.nu0))
     for a, b in zip(out[0], out[1], strict=True):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-13 * np.abs(a).max())
 

@@ -67,7 +67,7 @@ def test_tube_metric_is_the_distance_to_the_principal_axis():
 def test_sphere_start_is_sized_to_the_retained_magnetisation():
     """Benchmark case 018 (a voxelised sphere, centred): the isotropic ADC gives a ball,
     and matching the long sequence's |S(b=0)| picks the target's own ball of tets."""
-    from spinverse.recon.workflow import case_target
+    from spinverse.recon.targets import case_target
 
     grid, target, truth = case_target("018")
     state = adc_start_kappa(grid, target.signal, target.protocol, outer_boundary="robin")

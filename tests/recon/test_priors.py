@@ -183,8 +183,8 @@ def test_continuity_gate_frees_sharp_boundaries(bench):
     assert p.grad is None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
 
 
-# ------------------------------------------------------- coherence, binarisation, area
-def test_coherence_binarisation_area(one_tet, small):
+# ------------------------------------------------------- coherence, binarisation
+def test_coherence_binarisation(one_tet, small):
     g, topo = small
     half = torch.full((g.n_faces,), 0.5, dtype=torch.float64)
     assert float(P.binarisation_prior(half)) == pytest.approx(0.25)
@@ -192,13 +192,6 @@ def test_coherence_binarisation_area(one_tet, small):
     assert float(P.edge_coherence_prior(half, topo)) == 0.0
     g1, t1 = one_tet
     assert float(P.edge_coherence_prior(hard(4, [0]), t1)) == pytest.approx(3 / 6)
-    areas = torch.as_tensor(g1.face_areas)
-    a03 = float(g1.face_areas[[0, 3]].sum())
-    assert float(P.barrier_area(hard(4, [0, 3]), areas)) == pytest.approx(a03)
-    assert float(P.area_prior(hard(4, [0, 3]), areas, a03)) == pytest.approx(0.0)
-    assert float(P.area_prior(hard(4, []), areas, 2.0)) == pytest.approx(1.0)
-    with pytest.raises(ValueError):
-        P.area_prior(half, areas, 0.0)
 
 
 def test_shape_errors(one_tet):
@@ -215,12 +208,11 @@ def test_gradcheck(small):
     gen = torch.Generator().manual_seed(0)
     x0 = -5 + 4 * torch.rand(g.n_faces, generator=gen, dtype=torch.float64)
     p_fixed = P.barrier_indicator(x0)
-    areas = topo.face_areas
 
     def indicator_priors(x):
         p = P.barrier_indicator(x)
         return (P.manifold_prior(p, topo), P.edge_coherence_prior(p, topo),
-                P.binarisation_prior(p), P.area_prior(p, areas, 1.0))
+                P.binarisation_prior(p))
 
     assert torch.autograd.gradcheck(indicator_priors, (x0.clone().requires_grad_(True),))
     # continuity: the gate is detached, so check it with p held constant

@@ -8,7 +8,7 @@ import pytest
 from spinverse.acquisition.protocol import Protocol
 from spinverse.acquisition.sequences import PGSE
 from spinverse.mesh.benchmark import benchmark_grid, case_barrier, enclosed_tets
-from spinverse.recon.workflow import case_target
+from spinverse.recon.targets import case_target
 
 # A small protocol (µs, s/mm², µm²/µs, ℓ 4 µm) so that the refined grid solves in seconds.
 SMALL = Protocol(2e-3, 4.0, np.array([0.0, 1000.0, 3000.0]), np.eye(3),

@@ -10,7 +10,7 @@ from spinverse.errors import SolverError
 from spinverse.fem.assembly import build_model
 from spinverse.mesh.benchmark import benchmark_grid, case_kappa, resolve_case
 from spinverse.mesh.generators import uniform_box_grid
-from spinverse.solvers.eigen import count_below, laplace_eigenmodes
+from spinverse.solvers.spectrum import count_below, solve_spectrum
 
 D = 2e-3
 
@@ -35,8 +35,8 @@ def test_dense_and_sparse_agree(benchmark_017):
     fe, kappa = benchmark_017
     a = fe.operator(kappa)
     lmax = D * np.pi**2 / 4
-    dense = laplace_eigenmodes(a, fe.mass, lmax, method="dense")
-    sparse = laplace_eigenmodes(a, fe.mass, lmax, method="sparse")
+    dense = solve_spectrum(a, fe.mass, lmax, method="dense")
+    sparse = solve_spectrum(a, fe.mass, lmax, method="sparse")
     assert dense.n_modes == sparse.n_modes == 85
     np.testing.assert_allclose(sparse.values, dense.values, rtol=1e-9, atol=1e-14)
     # same subspace: projector difference
@@ -57,7 +57,7 @@ def test_truncation_never_splits_a_degenerate_cluster():
     w = la.eigh(a.toarray(), fe.mass.toarray(), eigvals_only=True)
     gaps = np.diff(w) <= 1e-9 * w[1:]
     i = int(np.flatnonzero(gaps & (w[:-1] > 1e-9))[0])  # w[i] == w[i+1]
-    basis = laplace_eigenmodes(a, fe.mass, w[i] * (1 + 1e-12), method="dense")
+    basis = solve_spectrum(a, fe.mass, w[i] * (1 + 1e-12), method="dense")
     assert basis.n_modes >= i + 2
     assert basis.next_value > basis.values[-1] * (1 + 1e-6)
     assert basis.gap > 1e-6
@@ -67,9 +67,9 @@ def test_bad_lambda_max():
     g = uniform_box_grid([0, 0, 0], [1, 1, 1], 1)
     fe = build_model(g, np.full(g.n_faces, 0.1), diffusivity=D)
     with pytest.raises(SolverError):
-        laplace_eigenmodes(fe.stiffness, fe.mass, -1.0)
+        solve_spectrum(fe.stiffness, fe.mass, -1.0)
     with pytest.raises(SolverError):
-        laplace_eigenmodes(fe.stiffness, fe.mass, 1.0, method="magic")
+        solve_spectrum(fe.stiffness, fe.mass, 1.0, method="magic")
 
 
 def test_uniform_start_state_of_the_benchmark_grid():
@@ -85,7 +85,7 @@ def test_uniform_start_state_of_the_benchmark_grid():
     a = fe.operator(kap)
     lmax = D * np.pi**2 / 4
     with threadpool_limits(limits=1):
-        basis = laplace_eigenmodes(a, fe.mass, lmax, method="dense")
+        basis = solve_spectrum(a, fe.mass, lmax, method="dense")
     assert basis.n_modes == 911 == count_below(a, fe.mass, lmax)
     assert basis.next_value > lmax
     gram = basis.vectors.T @ (fe.mass @ basis.vectors)

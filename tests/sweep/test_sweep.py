@@ -176,12 +176,12 @@ def test_arm_length_scale_sets_the_protocol():
 def test_each_run_uses_one_thread(tmp_path, monkeypatch):
     """Process workers share the machine: a run must not start more threads than its core."""
     import spinverse.recon.workflow as workflow
-    from spinverse.autodiff.functions import _threads
+    from spinverse.solvers.mf import resolve_threads
 
     seen = {}
 
     def fake_reconstruct(grid, target, folder, **kw):
-        seen["threads"] = _threads(None)
+        seen["threads"] = resolve_threads(None)
         raise RuntimeError("stop here")
 
     monkeypatch.setattr(workflow, "reconstruct", fake_reconstruct)

@@ -32,6 +32,7 @@ import dataclasses
 import json
 import math
 import os
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +40,15 @@ from typing import Annotated, Any, Literal
 
 import numpy as np
 import yaml
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    create_model,
+)
 
 from spinverse.acquisition.directions import fibonacci_directions, normalise_directions
 from spinverse.acquisition.fsl import read_bvals, read_bvals_bvecs, read_bvecs
@@ -47,8 +56,8 @@ from spinverse.acquisition.sequences import (
     PGSE,
     SEQUENCE_TYPES,
     Sequence,
-    _check_keys,
-    _did_you_mean,
+    check_keys,
+    did_you_mean,
     sequence_from_dict,
 )
 from spinverse.errors import ConfigError, InputFileError, ProtocolError, SpinverseError
@@ -212,52 +221,29 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
-class PGSEConfig(_Model):
-    """``{type: pgse, delta, Delta}``, times in µs."""
-
-    type: Literal["pgse"]
-    delta: float = Field(description="gradient pulse duration δ, µs")
-    Delta: float = Field(description="pulse separation Δ (start to start), µs")
-
-
-class DoublePGSEConfig(_Model):
-    """``{type: double_pgse, delta, Delta, mixing}``, times in µs."""
-
-    type: Literal["double_pgse"]
-    delta: float = Field(description="gradient pulse duration δ, µs")
-    Delta: float = Field(description="pulse separation Δ within each block, µs")
-    mixing: float = Field(description="gap between the end of block 1 and block 2, µs")
-
-
-class CosOGSEConfig(_Model):
-    """``{type: cos_ogse, delta, Delta, n_periods}``, times in µs."""
-
-    type: Literal["cos_ogse"]
-    delta: float = Field(description="duration δ of each oscillating lobe, µs")
-    Delta: float = Field(description="lobe separation Δ (start to start), µs")
-    n_periods: int = Field(description="number of cosine periods per lobe (integer)")
+def sequence_config(kind: str) -> type[BaseModel]:
+    """The YAML config model of a registered sequence kind, derived from its dataclass:
+    ``{type: kind, <fields>}`` with the fields' types and documented units."""
+    cls = SEQUENCE_TYPES[kind]
+    cached = _SEQUENCE_CONFIGS.get(kind)
+    if cached is not None and cached[0] is cls:
+        return cached[1]
+    hints = typing.get_type_hints(cls)
+    fields: dict[str, Any] = {"type": (Literal[kind], ...)}  # type: ignore[valid-type]
+    for f in dataclasses.fields(cls):
+        fields[f.name] = (hints[f.name], Field(description=f.metadata.get("doc", "")))
+    model = create_model(f"{cls.__name__}Config", __base__=_Model,
+                         __doc__=f"``{{type: {kind}, ...}}``: {cls.__name__} (times in µs).",
+                         **fields)
+    _SEQUENCE_CONFIGS[kind] = (cls, model)
+    return model
 
 
-class PiecewiseConfig(_Model):
-    """``{type: piecewise, durations, values}``: f = values[k] for durations[k] µs."""
-
-    type: Literal["piecewise"]
-    durations: list[float] = Field(description="segment durations, µs")
-    values: list[float] = Field(description="dimensionless f value of each segment")
-
-
-SequenceConfig = Annotated[
-    PGSEConfig | DoublePGSEConfig | CosOGSEConfig | PiecewiseConfig,
-    Field(discriminator="type"),
-]
-
-_SEQUENCE_CONFIGS: dict[str, type[_Model]] = {
-    "pgse": PGSEConfig,
-    "double_pgse": DoublePGSEConfig,
-    "cos_ogse": CosOGSEConfig,
-    "piecewise": PiecewiseConfig,
-}
-assert set(_SEQUENCE_CONFIGS) == set(SEQUENCE_TYPES)
+_SEQUENCE_CONFIGS: dict[str, tuple[type[Sequence], type[BaseModel]]] = {}
+PGSEConfig = sequence_config("pgse")
+DoublePGSEConfig = sequence_config("double_pgse")
+CosOGSEConfig = sequence_config("cos_ogse")
+PiecewiseConfig = sequence_config("piecewise")
 
 
 class FibonacciConfig(_Model):
@@ -292,7 +278,8 @@ class ProtocolConfig(_Model):
         default=None, description="list of unit 3-vectors, or {fibonacci: N}"
     )
     bvecs: str | None = Field(default=None, description="FSL bvecs file (relative path)")
-    sequences: list[SequenceConfig] = Field(min_length=1, description="waveforms, µs")
+    sequences: list[dict[str, Any]] = Field(
+        min_length=1, description="waveforms {type: kind, ...} (see sequence_config), µs")
 
 
 # --------------------------------------------------------------------------- dict / YAML
@@ -329,7 +316,7 @@ def _validation_error(e: ValidationError, data: Any, source: str | None) -> Prot
 
 def _precheck(d: Mapping[str, Any], source: str | None) -> None:
     """Unknown keys (with suggestions) and either/or keys, before pydantic validation."""
-    _check_keys(d, ProtocolConfig.model_fields, source=source)
+    check_keys(d, ProtocolConfig.model_fields, source=source)
     for a, b in (("bvalues", "bvals"), ("directions", "bvecs")):
         if a in d and b in d:
             raise ConfigError(f"give either '{a}' or '{b}', not both", source=source, field=b)
@@ -337,7 +324,7 @@ def _precheck(d: Mapping[str, Any], source: str | None) -> None:
             raise ProtocolError(f"missing required key '{a}' (or '{b}: FILE')",
                                 source=source, field=a)
     if isinstance(d.get("directions"), Mapping):
-        _check_keys(d["directions"], FibonacciConfig.model_fields, source=source,
+        check_keys(d["directions"], FibonacciConfig.model_fields, source=source,
                     prefix="directions.")
     seqs = d.get("sequences")
     if isinstance(seqs, list):
@@ -350,14 +337,22 @@ def _precheck(d: Mapping[str, Any], source: str | None) -> None:
                     f"missing required key 'type' (one of {', '.join(SEQUENCE_TYPES)})",
                     source=source, field=f"sequences[{i}].type",
                 )
-            if kind not in _SEQUENCE_CONFIGS:
+            if kind not in SEQUENCE_TYPES:
                 raise ProtocolError(
-                    f"unknown sequence type '{kind}'{_did_you_mean(str(kind), SEQUENCE_TYPES)}"
+                    f"unknown sequence type '{kind}'{did_you_mean(str(kind), SEQUENCE_TYPES)}"
                     f"; known types: {', '.join(SEQUENCE_TYPES)}",
                     source=source, field=f"sequences[{i}].type",
                 )
-            _check_keys(s, _SEQUENCE_CONFIGS[kind].model_fields, source=source,
+            check_keys(s, sequence_config(kind).model_fields, source=source,
                         prefix=f"sequences[{i}].")
+
+
+def _validated_sequence(s: dict[str, Any], i: int, source: str | None) -> dict[str, Any]:
+    """Sequence ``i`` of a config checked against its kind's config model (types)."""
+    try:
+        return sequence_config(s["type"]).model_validate(s).model_dump()
+    except ValidationError as e:
+        raise _relocate(_validation_error(e, s, None), source, f"sequences[{i}].") from None
 
 
 def _relocate(e: SpinverseError, source: str | None, prefix: str = "") -> SpinverseError:
@@ -421,7 +416,7 @@ def protocol_from_dict(
         else:
             directions = normalise_directions(np.asarray(cfg.directions, dtype=float))
         sequences = tuple(
-            sequence_from_dict(s.model_dump(), field=f"sequences[{i}]")
+            sequence_from_dict(_validated_sequence(s, i, source), field=f"sequences[{i}]")
             for i, s in enumerate(cfg.sequences)
         )
         return Protocol(

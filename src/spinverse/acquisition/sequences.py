@@ -7,7 +7,10 @@ returns that integral in µs³, so that b (in µs/µm², numerically equal to s/
 ``q² · bvalue_factor()``. Every concrete sequence computes it in closed form.
 
 Sequences are immutable (frozen dataclasses) and validate themselves on construction,
-raising :class:`~spinverse.errors.ProtocolError`.
+raising :class:`~spinverse.errors.ProtocolError`. A new waveform is one declaration: a
+``Sequence`` subclass with a ``kind`` and its parameters as dataclass fields (units in
+``field(metadata={"doc": ...})``), decorated with :func:`register_sequence`; its YAML config
+model, ``sequence_from_dict`` and the solvers then know it.
 """
 
 from __future__ import annotations
@@ -18,8 +21,8 @@ import difflib
 import math
 import numbers
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
-from typing import Any, ClassVar
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 
@@ -32,6 +35,7 @@ __all__ = [
     "CosOGSE",
     "PiecewiseConstant",
     "SEQUENCE_TYPES",
+    "register_sequence",
     "sequence_from_dict",
 ]
 
@@ -44,13 +48,13 @@ _ECHO_RTOL = 1e-8
 # --------------------------------------------------------------------------- helpers
 
 
-def _did_you_mean(word: str, choices: Iterable[str]) -> str:
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
     """`` (did you mean 'X'?)`` for the closest of ``choices``, or an empty string."""
     close = difflib.get_close_matches(str(word), sorted(choices), n=1, cutoff=0.6)
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
-def _check_keys(
+def check_keys(
     d: Mapping[str, Any],
     allowed: Iterable[str],
     *,
@@ -62,7 +66,7 @@ def _check_keys(
     for key in d:
         if key not in allowed:
             raise ConfigError(
-                f"unknown key '{key}'{_did_you_mean(key, allowed)}; "
+                f"unknown key '{key}'{did_you_mean(key, allowed)}; "
                 f"allowed keys: {', '.join(sorted(allowed))}",
                 source=source,
                 field=f"{prefix}{key}",
@@ -209,9 +213,37 @@ def _check_max_segment(max_segment_us: float) -> None:
         )
 
 
+_S = TypeVar("_S", bound="type[Sequence]")
+
+#: Sequence classes by their ``kind`` (the ``type`` key of a config / dict), filled by
+#: :func:`register_sequence`.
+SEQUENCE_TYPES: dict[str, type[Sequence]] = {}
+
+
+def register_sequence(cls: _S) -> _S:
+    """Class decorator: make a frozen-dataclass ``Sequence`` subclass known by its ``kind``
+    to YAML configs, :func:`sequence_from_dict` and the solvers."""
+    if not (isinstance(cls, type) and issubclass(cls, Sequence) and dataclasses.is_dataclass(cls)):
+        raise TypeError(f"register_sequence expects a dataclass Sequence subclass, got {cls!r}")
+    kind = cls.kind
+    if not kind or not isinstance(kind, str):
+        raise ValueError(f"{cls.__name__} must set a non-empty class attribute 'kind'")
+    if SEQUENCE_TYPES.get(kind, cls) is not cls:
+        raise ValueError(f"sequence kind {kind!r} is already registered by "
+                         f"{SEQUENCE_TYPES[kind].__name__}")
+    SEQUENCE_TYPES[kind] = cls
+    return cls
+
+
+def _doc(text: str) -> Any:
+    """A required dataclass field documented (units included) for its config model."""
+    return field(metadata={"doc": text})
+
+
 # --------------------------------------------------------------------------- concrete
 
 
+@register_sequence
 @dataclass(frozen=True)
 class PGSE(Sequence):
     """Pulsed-gradient spin echo: f = +1 on [0, δ), 0 on [δ, Δ), −1 on [Δ, Δ+δ].
@@ -220,8 +252,8 @@ class PGSE(Sequence):
     bvalue_factor = δ²(Δ − δ/3) µs³.
     """
 
-    delta: float
-    Delta: float
+    delta: float = _doc("gradient pulse duration δ, µs")
+    Delta: float = _doc("pulse separation Δ (start to start), µs")
     kind: ClassVar[str] = "pgse"
 
     def __post_init__(self) -> None:
@@ -244,6 +276,7 @@ class PGSE(Sequence):
         return d * d * (self.Delta - d / 3.0)
 
 
+@register_sequence
 @dataclass(frozen=True)
 class DoublePGSE(Sequence):
     """Two identical PGSE blocks (δ, Δ) along the same axis; the second starts ``mixing`` µs
@@ -253,9 +286,9 @@ class DoublePGSE(Sequence):
     2 δ²(Δ − δ/3) µs³.
     """
 
-    delta: float
-    Delta: float
-    mixing: float
+    delta: float = _doc("gradient pulse duration δ, µs")
+    Delta: float = _doc("pulse separation Δ within each block, µs")
+    mixing: float = _doc("gap between the end of block 1 and block 2, µs")
     kind: ClassVar[str] = "double_pgse"
 
     def __post_init__(self) -> None:
@@ -283,6 +316,7 @@ class DoublePGSE(Sequence):
         return 2.0 * d * d * (self.Delta - d / 3.0)
 
 
+@register_sequence
 @dataclass(frozen=True)
 class CosOGSE(Sequence):
     """Cosine oscillating-gradient spin echo: f = cos(2πn t/δ) on [0, δ), 0 on [δ, Δ),
@@ -291,9 +325,9 @@ class CosOGSE(Sequence):
     Times in µs; TE = Δ + δ; bvalue_factor = δ³ / (4π² n²) µs³ (exact).
     """
 
-    delta: float
-    Delta: float
-    n_periods: int
+    delta: float = _doc("duration δ of each oscillating lobe, µs")
+    Delta: float = _doc("lobe separation Δ (start to start), µs")
+    n_periods: int = _doc("number of cosine periods per lobe (integer)")
     kind: ClassVar[str] = "cos_ogse"
 
     def __post_init__(self) -> None:
@@ -350,6 +384,7 @@ class CosOGSE(Sequence):
         return self.delta**3 / (4.0 * np.pi**2 * n * n)
 
 
+@register_sequence
 @dataclass(frozen=True)
 class PiecewiseConstant(Sequence):
     """Arbitrary piecewise-constant waveform: ``values[k]`` (dimensionless) for
@@ -359,8 +394,8 @@ class PiecewiseConstant(Sequence):
     tolerance 1e-8), and f must not vanish identically.
     """
 
-    durations: tuple[float, ...]
-    values: tuple[float, ...]
+    durations: tuple[float, ...] = _doc("segment durations, µs")
+    values: tuple[float, ...] = _doc("dimensionless f value of each segment")
     kind: ClassVar[str] = "piecewise"
 
     def __post_init__(self) -> None:
@@ -416,12 +451,6 @@ class PiecewiseConstant(Sequence):
         return _piecewise_F2_integral(np.asarray(self.durations), np.asarray(self.values))
 
 
-#: Sequence classes by their ``kind`` (the ``type`` key of a config / dict).
-SEQUENCE_TYPES: dict[str, type[Sequence]] = {
-    cls.kind: cls for cls in (PGSE, DoublePGSE, CosOGSE, PiecewiseConstant)
-}
-
-
 def sequence_from_dict(
     d: Mapping[str, Any], *, source: str | None = None, field: str | None = None
 ) -> Sequence:
@@ -443,13 +472,13 @@ def sequence_from_dict(
     kind = d["type"]
     if kind not in SEQUENCE_TYPES:
         raise ProtocolError(
-            f"unknown sequence type '{kind}'{_did_you_mean(str(kind), SEQUENCE_TYPES)}; "
+            f"unknown sequence type '{kind}'{did_you_mean(str(kind), SEQUENCE_TYPES)}; "
             f"known types: {', '.join(SEQUENCE_TYPES)}",
             source=source, field=f"{prefix}type",
         )
     cls = SEQUENCE_TYPES[kind]
     names = [f.name for f in dataclasses.fields(cls)]
-    _check_keys(d, ["type", *names], source=source, prefix=prefix)
+    check_keys(d, ["type", *names], source=source, prefix=prefix)
     for name in names:
         if name not in d:
             raise ProtocolError(f"missing key '{name}' for a '{kind}' sequence",

@@ -1,10 +1,10 @@
 """Exact, fast gradients of the simulated signal with respect to every face permeability.
 
 * :func:`simulate` — differentiable forward model (torch autograd Function around the
-  NumPy/SciPy matrix formalism, hand-written backward pass).
+  engine :func:`spinverse.solvers.mf.forward`, hand-written backward pass).
 * :mod:`~spinverse.autodiff.losses` — ``normalised_magnitude``, ``signal_loss``.
 * :mod:`~spinverse.autodiff.check` — finite-difference and ``gradcheck`` utilities.
-* :mod:`~spinverse.autodiff.vjp`, :mod:`~spinverse.autodiff.spectrum` — the NumPy VJPs.
+* :mod:`~spinverse.autodiff.vjp`, :mod:`~spinverse.autodiff.rotation` — the NumPy VJPs.
 
 Units: κ µm/µs, S µm³, b s/mm², times µs.
 """
@@ -15,7 +15,6 @@ from spinverse.autodiff.functions import (
     SimulationCache,
     SimulationInfo,
     simulate,
-    simulate_numpy,
     thread_limit,
 )
 from spinverse.autodiff.losses import b0_magnitude, normalised_magnitude, signal_loss
@@ -27,6 +26,5 @@ __all__ = [
     "normalised_magnitude",
     "signal_loss",
     "simulate",
-    "simulate_numpy",
     "thread_limit",
 ]

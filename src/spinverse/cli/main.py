@@ -122,13 +122,10 @@ def simulate(
     grid, kappa, case_name, source = _load_grid_and_kappa(mesh, case, kappa_default)
     if refine:
         from spinverse.mesh.phantoms import OTHER_KAPPA
-        from spinverse.mesh.refine import refine as refine_grid
-        from spinverse.mesh.refine import refine_kappa
+        from spinverse.recon.targets import refined_model
 
-        fine = refine_grid(grid, refine)
-        kappa = refine_kappa(fine, grid, kappa,
-                             new_faces=OTHER_KAPPA if case_name else kappa_default)
-        grid = fine.grid
+        grid, kappa = refined_model(grid, kappa, refine,
+                                    new_faces=OTHER_KAPPA if case_name else kappa_default)
     prot = load_protocol(protocol) if protocol is not None else published_protocol()
     boundary = (outer_boundary.value if outer_boundary is not None
                 else ("robin" if case_name else "reflecting"))
@@ -289,10 +286,8 @@ def reconstruct(
     (µm³, the b = 0 signal of a closed sample) and is fitted with a reflecting outer
     boundary unless --outer-boundary says otherwise.
     """
-    import numpy as np
 
-    from spinverse.recon.targets import Target
-    from spinverse.recon.workflow import case_target
+    from spinverse.recon.targets import Target, case_target, reference_faces
 
     cfg = _method_config(config, preset, seed=seed, iterations=iterations, budget=budget,
                          snr=snr)
@@ -329,12 +324,7 @@ def reconstruct(
             fail(f"{protocol}: shape {(prot.n_sequences, prot.n_bvalues, prot.n_directions)}"
                  f" does not match the target signal {sig.signal.shape}")
         tgt = Target(sig.signal, prot, sig.outer_boundary)
-        if sig.kappa is not None and sig.faces is not None:
-            idx = the_grid.face_index(sig.faces)
-            if np.all(idx >= 0) and len(idx) == the_grid.n_faces:
-                truth = np.empty(the_grid.n_faces)
-                truth[idx] = sig.kappa
-                reference = np.flatnonzero(truth < cfg.threshold)
+        reference = reference_faces(the_grid, sig.faces, sig.kappa, cfg.threshold)
     _run_reconstruction(the_grid, tgt, out, cfg, reference, outer_boundary, noise, snr,
                         seed, case or "", quiet, refine_target)
 
@@ -342,16 +332,14 @@ def reconstruct(
 def _run_reconstruction(the_grid, tgt, out: Path, cfg, reference, outer_boundary,
                         noise, snr: float | None, seed: int, label: str, quiet: bool,
                         refine_target: int = 0) -> None:
-    from spinverse.recon.noise import add_noise
-    from spinverse.recon.targets import Target
+    from spinverse.recon.targets import Target, with_noise
     from spinverse.recon.workflow import reconstruct as run_reconstruction
 
     if outer_boundary is not None:
         tgt = Target(tgt.signal, tgt.protocol, outer_boundary.value)
     if noise is not None:
         snr = 100.0 if snr is None else snr
-        tgt = Target(add_noise(tgt.signal, snr=snr, kind=noise.value, seed=seed),
-                     tgt.protocol, tgt.outer_boundary)
+        tgt = with_noise(tgt, kind=noise.value, snr=snr, seed=seed)
         if hasattr(cfg, "ensemble") and cfg.ensemble.snr is None:
             cfg = cfg.model_copy(update={"ensemble": cfg.ensemble.model_copy(
                 update={"snr": snr})})
@@ -370,13 +358,8 @@ def _is_nifti(path: Path) -> bool:
 
 def _nifti_target(image: Path, bvals: Path | None, bvecs: Path | None, voxel: str | None,
                   mask: Path | None, protocol: Path | None, grid):
-    """The Target of one voxel (or a mask's mean) of a 4-D NIfTI image, rescaled so that
-    its b = 0 row equals the grid volume (µm³), reflecting outer boundary."""
-    import numpy as np
-
-    from spinverse.acquisition.protocol import load_protocol
-    from spinverse.io.nifti import read_voxel_signal
-    from spinverse.recon.targets import Target
+    """The NIfTI options checked and parsed, then :func:`spinverse.recon.targets.nifti_target`."""
+    from spinverse.recon.targets import nifti_target
 
     missing = [flag for flag, v in (("--bvals", bvals), ("--bvecs", bvecs),
                                     ("--protocol", protocol)) if v is None]
@@ -393,20 +376,8 @@ def _nifti_target(image: Path, bvals: Path | None, bvecs: Path | None, voxel: st
             ijk = ()
         if len(ijk) != 3:
             fail(f"--voxel: expected three integers i,j,k, got {voxel!r}")
-    template = load_protocol(protocol)  # type: ignore[arg-type]
-    seq = template.sequences[0] if template.n_sequences == 1 else None
-    if seq is None:
-        fail(f"{protocol}: a NIfTI target has one sequence; the protocol has "
-             f"{template.n_sequences}")
-    signal, prot = read_voxel_signal(image, bvals, bvecs, ijk, mask,  # type: ignore[arg-type]
-                                     protocol_template=template)
-    zero = np.flatnonzero(prot.bvalues == 0)
-    if len(zero) == 0:
-        fail(f"{bvals}: a NIfTI target needs b = 0 volumes (the signal's scale)")
-    s0 = float(np.abs(signal[:, zero[0], :]).mean())
-    if not np.isfinite(s0) or s0 <= 0:
-        fail(f"{image}: the b = 0 signal is {s0:g}; cannot normalise")
-    return Target(signal * (grid.volume / s0), prot, "reflecting")
+    return nifti_target(image, bvals, bvecs, protocol, grid, voxel=ijk,  # type: ignore[arg-type]
+                        mask=mask)
 
 
 def _summary(out: Path, rec, metrics: dict) -> str:
@@ -568,7 +539,7 @@ def demo(
     published protocol and conventions, all three sequences) with the whole-shape search,
     and write the pictures (about 1–2 min on 2 cores)."""
     from spinverse.recon.search.config import SearchConfig
-    from spinverse.recon.workflow import case_target
+    from spinverse.recon.targets import case_target
     from spinverse.recon.workflow import reconstruct as run_reconstruction
 
     grid, target, reference = case_target(case)

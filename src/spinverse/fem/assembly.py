@@ -125,7 +125,7 @@ class FEModel:
 
     The flux matrix is linear in κ: ``Q(κ).data = flux_map @ κ`` on a fixed pattern, so
     changing κ (reconstruction) costs one sparse mat-vec, and ∂(uᵀ Q v)/∂κ_f is
-    :meth:`flux_vjp`.
+    :class:`spinverse.autodiff.vjp.FluxBlocks`.
     """
 
     grid: TetGrid
@@ -235,13 +235,6 @@ class FEModel:
     def operator(self, kappa: np.ndarray) -> sp.csr_matrix:
         """A(κ) = K + Q(κ) in µm³/µs."""
         return (self.stiffness + self.flux(kappa)).tocsr()
-
-    def flux_vjp(self, u: np.ndarray, v: np.ndarray) -> np.ndarray:
-        """(F,) ∂/∂κ_f of Σ_k Re(u_kᵀ Q(κ) v_k) for (N,) or (N, K) arrays u, v."""
-        if u.ndim == 1:
-            u, v = u[:, None], v[:, None]
-        w = np.einsum("ik,ik->i", u[self.flux_rows], v[self.flux_cols]).real
-        return self.flux_map.T @ w
 
     @cached_property
     def mass_ones(self) -> np.ndarray:

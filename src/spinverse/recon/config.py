@@ -18,8 +18,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from spinverse.errors import ConfigError, InputFileError
 
-PRIOR_NAMES = ("continuity", "manifold", "coherence", "binarisation")
-
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -95,12 +93,14 @@ class StageConfig(_Strict):
 
     @model_validator(mode="after")
     def _known_priors(self) -> StageConfig:
+        from spinverse.recon.priors import PRIORS
+
         for key in self.priors:
-            if key not in PRIOR_NAMES:
-                hint = difflib.get_close_matches(key, PRIOR_NAMES, n=1)
+            if key not in PRIORS:
+                hint = difflib.get_close_matches(key, PRIORS, n=1)
                 raise ValueError(f"unknown prior {key!r}"
-                                 + (f"; did you mean {hint[0]!r}?" if hint else
-                                    f"; known: {', '.join(PRIOR_NAMES)}"))
+                                 + (f"; did you mean {hint[0]!r}?" if hint else "")
+                                 + f"; known: {', '.join(PRIORS)}")
         return self
 
 

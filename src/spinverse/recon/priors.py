@@ -12,10 +12,14 @@ E = number of grid edges, F = number of faces):
 * continuity, edge coherence: mean over the K pairs;
 * manifold: per-edge value divided by the number of grid faces at that edge, mean over E;
 * binarisation: mean over F.
+
+Configs weight priors by name: :data:`PRIORS` maps each name to a term
+``(log10_kappa, p, topology) → scalar``; :func:`register_prior` adds one (one declaration).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,8 +36,8 @@ __all__ = [
     "manifold_prior",
     "edge_coherence_prior",
     "binarisation_prior",
-    "barrier_area",
-    "area_prior",
+    "PRIORS",
+    "register_prior",
 ]
 
 
@@ -176,14 +180,25 @@ def binarisation_prior(p: torch.Tensor) -> torch.Tensor:
     return (p * (1.0 - p)).mean()
 
 
-def barrier_area(p: torch.Tensor, areas: torch.Tensor) -> torch.Tensor:
-    """Soft barrier area Σ_f p_f · A_f in µm² (``areas`` (F,) in µm²)."""
-    return (p * areas.to(p)).sum()
+# ------------------------------------------------------------------ registry
+#: A prior term: (log10 κ (F,), barrier indicator p (F,), topology) → scalar tensor.
+PriorTerm = Callable[[torch.Tensor, torch.Tensor, PriorTopology], torch.Tensor]
+
+#: Priors by the name configs weight them with, filled by :func:`register_prior`.
+PRIORS: dict[str, PriorTerm] = {}
 
 
-def area_prior(p: torch.Tensor, areas: torch.Tensor, target: float) -> torch.Tensor:
-    """Relative squared deviation of the soft barrier area from ``target`` (µm², > 0):
-    (Σ_f p_f A_f / target − 1)² (dimensionless)."""
-    if not target > 0:
-        raise ValueError(f"target area must be positive, got {target}")
-    return (barrier_area(p, areas) / target - 1.0) ** 2
+def register_prior(name: str, term: PriorTerm) -> PriorTerm:
+    """Make ``term(log10_kappa, p, topology)`` a prior that configs weight by ``name``."""
+    if not name.isidentifier():
+        raise ValueError(f"a prior name must be an identifier, got {name!r}")
+    if PRIORS.get(name, term) is not term:
+        raise ValueError(f"prior {name!r} is already registered")
+    PRIORS[name] = term
+    return term
+
+
+register_prior("continuity", lambda logk, p, topo: continuity_prior(logk, p, topo))
+register_prior("manifold", lambda logk, p, topo: manifold_prior(p, topo))
+register_prior("coherence", lambda logk, p, topo: edge_coherence_prior(p, topo))
+register_prior("binarisation", lambda logk, p, topo: binarisation_prior(p))

@@ -149,17 +149,8 @@ class Reconstructor:
         p = P.barrier_indicator(logk)
         terms = {}
         for name, w in weights.items():
-            if w == 0:
-                continue
-            if name == "continuity":
-                val = P.continuity_prior(logk, p, self.topology)
-            elif name == "manifold":
-                val = P.manifold_prior(p, self.topology)
-            elif name == "coherence":
-                val = P.edge_coherence_prior(p, self.topology)
-            else:
-                val = P.binarisation_prior(p)
-            terms[name] = w * val
+            if w != 0:
+                terms[name] = w * P.PRIORS[name](logk, p, self.topology)
         return terms
 
     def _reference_scores(self, kappa: np.ndarray) -> dict[str, float]:
@@ -248,144 +239,183 @@ class Reconstructor:
 
     def _fit_one(self, restart: int, run_dir: Path | None) -> Reconstruction:
         cfg = self.config
+        st = _LoopState.new(self.grid.n_faces, cfg)
         # The start (a data-informed one costs forward solves) only when not resuming.
-        v = torch.nn.Parameter(torch.zeros(self.grid.n_faces, dtype=torch.float64))
-        resumed = False
-        opt = make_optimizer(cfg.optimizer.name, [v], lr=cfg.optimizer.lr,
-                             betas=cfg.optimizer.betas)
-        start, history = 0, []
-        lr_factor = 1.0
-        stage_best: dict[int, tuple[float, int]] = {}
-        skip_to: int | None = None
-        elapsed = 0.0
-        # Frozen eigenbasis (optimizer.eigen_refresh > 1): the κ of the last eigen-solve
-        # and its kept modes; a checkpoint stores the κ, resume recomputes the modes.
-        basis_kappa: np.ndarray | None = None
-        basis: np.ndarray | None = None
-        force_refresh = False
-        if run_dir is not None:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            (run_dir / "config.yaml").write_text(dump_config(cfg))
-            ck = run_dir / CHECKPOINT
-            if ck.is_file():
-                state = torch.load(ck, weights_only=False)
-                if not _same_config(state["config"], cfg):
-                    raise ConfigError(f"{ck} was written with another configuration; "
-                                      "use a new run folder", field="config")
-                with torch.no_grad():
-                    v.copy_(state["v"])
-                opt.load_state_dict(state["optimizer"])
-                start, history = state["iteration"], state["history"]
-                lr_factor, stage_best = state["lr_factor"], state["stage_best"]
-                skip_to, elapsed = state["skip_to"], state["seconds"]
-                basis_kappa = state.get("basis_kappa")
-                _truncate_log(run_dir / LOG, start)
-                resumed = True
-        if not resumed:
+        if not self._resume(st, run_dir):
             with torch.no_grad():
-                v.copy_(self._initial_logits(restart))
-        if basis_kappa is not None:
+                st.v.copy_(self._initial_logits(restart))
+        if st.basis_kappa is not None:  # recompute the frozen basis of the checkpoint
             with torch.no_grad():
-                self.data_loss(torch.from_numpy(basis_kappa), locate(cfg, start).stage_index)
-            basis = self.cache.vectors
-        good = (v.detach().clone(), _opt_state(opt))
-        bar = _progress(cfg.total_iterations, start, self.progress)
-        t0 = time.perf_counter()
-        it = start
-        rollbacks = 0
-        while it < cfg.total_iterations:
-            if skip_to is not None and it < skip_to:
-                it = skip_to
-                skip_to = None
+                self.data_loss(torch.from_numpy(st.basis_kappa),
+                               locate(cfg, st.iteration).stage_index)
+            st.basis = self.cache.vectors
+        st.good = (st.v.detach().clone(), _opt_state(st.opt))
+        bar = _progress(cfg.total_iterations, st.iteration, self.progress)
+        st.t0 = time.perf_counter()
+        while st.iteration < cfg.total_iterations:
+            if st.skip_to is not None and st.iteration < st.skip_to:
+                st.iteration, st.skip_to = st.skip_to, None
                 continue
-            step = locate(cfg, it)
-            lr = learning_rate(cfg, step) * lr_factor
-            for g in opt.param_groups:
-                g["lr"] = lr
-            opt.zero_grad()
-            kappa = self.param.kappa(v)
-            refresh = cfg.optimizer.eigen_refresh
-            frozen = (refresh > 1 and basis is not None and not force_refresh
-                      and (it - stage_start(cfg, step.stage_index)) % refresh != 0)
-            data = self.data_loss(kappa, step.stage_index, basis if frozen else None)
-            if refresh > 1 and not frozen:
-                basis, force_refresh = self.cache.vectors, False
-                basis_kappa = kappa.detach().numpy().copy()
-            terms = self.prior_terms(v, prior_weights(step))
-            loss = data + sum(terms.values(), torch.zeros((), dtype=torch.float64))
-            ok = bool(torch.isfinite(loss))
-            if ok:
-                loss.backward()
-                ok = bool(torch.isfinite(v.grad).all())
-            if not ok:
-                rollbacks += 1
-                if rollbacks > 8:
-                    raise SolverError(f"non-finite loss or gradient at iteration {it} after "
-                                      "8 rollbacks")
-                with torch.no_grad():
-                    v.copy_(good[0])
-                opt.load_state_dict(good[1])
-                lr_factor *= 0.5
-                force_refresh = True
-                log.warning("non-finite loss/gradient at iteration %d: rolled back, lr × %g",
-                            it, lr_factor)
+            rec = self._step(st)
+            if rec is None:  # rolled back: retry this iteration with a smaller step
                 continue
-            gnorm = float(torch.nn.utils.clip_grad_norm_([v], cfg.optimizer.clip_norm))
-            good = (v.detach().clone(), _opt_state(opt))
-            opt.step()
-            with torch.no_grad():
-                n_barrier = int((kappa < cfg.threshold).sum())
-            rec = {
-                "iteration": it, "stage": step.stage.name, "lr": lr,
-                "loss": float(loss.detach()), "data": float(data.detach()),
-                **{f"prior_{k}": float(t.detach()) for k, t in terms.items()},
-                "grad_norm": gnorm, "barrier_faces": n_barrier,
-                "modes": self.cache.last.n_modes if self.cache.last else None,
-                "seconds": elapsed + time.perf_counter() - t0,
-            }
-            if self.reference_faces is not None:
-                rec.update(self._reference_scores(kappa.detach().numpy()))
-            history.append(rec)
-            if run_dir is not None:
-                with open(run_dir / LOG, "a") as fh:
-                    fh.write(json.dumps(rec) + "\n")
-            bar.update(1)
-            bar.set_postfix(loss=f"{rec['loss']:.3g}", barrier=n_barrier, modes=rec["modes"],
-                            refresh=False)
-            # plateau stopping within a stage
-            best_loss, best_it = stage_best.get(step.stage_index, (np.inf, it))
-            if rec["loss"] < best_loss * (1 - cfg.stopping.min_rel_improvement):
-                stage_best[step.stage_index] = (rec["loss"], it)
-            elif cfg.stopping.patience and it - best_it >= cfg.stopping.patience:
-                nxt = stage_start(cfg, step.stage_index + 1)
-                log.info("stage %s: loss plateau at iteration %d, moving on", step.stage.name,
-                         it)
-                bar.update(nxt - it - 1)
-                skip_to = nxt
-            it += 1
-            if run_dir is not None and (it % cfg.checkpoint_every == 0
-                                        or it == cfg.total_iterations):
-                _save_checkpoint(run_dir / CHECKPOINT, {
-                    "v": v.detach().clone(), "optimizer": opt.state_dict(), "iteration": it,
-                    "history": history, "lr_factor": lr_factor, "stage_best": stage_best,
-                    "skip_to": skip_to, "config": dump_config(cfg),
-                    "basis_kappa": basis_kappa,
-                    "seconds": elapsed + time.perf_counter() - t0,
-                })
+            self._record(st, rec, run_dir, bar)
+            self._stop_on_plateau(st, rec, bar)
+            st.iteration += 1
+            if run_dir is not None and (st.iteration % cfg.checkpoint_every == 0
+                                        or st.iteration == cfg.total_iterations):
+                _save_checkpoint(run_dir / CHECKPOINT, st.checkpoint(cfg))
         bar.close()
         with torch.no_grad():
-            kappa = self.param.kappa(v).numpy().copy()
-            last = len(cfg.stages) - 1
-            final = float(self.data_loss(torch.from_numpy(kappa), last))
+            kappa = self.param.kappa(st.v).numpy().copy()
+            final = float(self.data_loss(torch.from_numpy(kappa), len(cfg.stages) - 1))
         return Reconstruction(
-            kappa=kappa,
-            barrier=np.flatnonzero(kappa < cfg.threshold),
-            history=history,
-            data_loss=final,
-            seconds=elapsed + time.perf_counter() - t0,
-            restart=restart,
-            info={"rollbacks": rollbacks},
+            kappa=kappa, barrier=np.flatnonzero(kappa < cfg.threshold), history=st.history,
+            data_loss=final, seconds=st.seconds(), restart=restart,
+            info={"rollbacks": st.rollbacks},
         )
+
+    def _resume(self, st: _LoopState, run_dir: Path | None) -> bool:
+        """Write the run's config; load its checkpoint into ``st`` if there is one."""
+        if run_dir is None:
+            return False
+        cfg = self.config
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(dump_config(cfg))
+        ck = run_dir / CHECKPOINT
+        if not ck.is_file():
+            return False
+        state = torch.load(ck, weights_only=False)
+        if not _same_config(state["config"], cfg):
+            raise ConfigError(f"{ck} was written with another configuration; "
+                              "use a new run folder", field="config")
+        with torch.no_grad():
+            st.v.copy_(state["v"])
+        st.opt.load_state_dict(state["optimizer"])
+        st.iteration, st.history = state["iteration"], state["history"]
+        st.lr_factor, st.stage_best = state["lr_factor"], state["stage_best"]
+        st.skip_to, st.elapsed = state["skip_to"], state["seconds"]
+        st.basis_kappa = state.get("basis_kappa")
+        _truncate_log(run_dir / LOG, st.iteration)
+        return True
+
+    def _step(self, st: _LoopState) -> dict[str, Any] | None:
+        """One optimiser step at ``st.iteration``: its record, or None after a rollback
+        (non-finite loss or gradient: back to the last good state, step halved)."""
+        cfg, it, v, opt = self.config, st.iteration, st.v, st.opt
+        step = locate(cfg, it)
+        lr = learning_rate(cfg, step) * st.lr_factor
+        for g in opt.param_groups:
+            g["lr"] = lr
+        opt.zero_grad()
+        kappa = self.param.kappa(v)
+        refresh = cfg.optimizer.eigen_refresh
+        frozen = (refresh > 1 and st.basis is not None and not st.force_refresh
+                  and (it - stage_start(cfg, step.stage_index)) % refresh != 0)
+        data = self.data_loss(kappa, step.stage_index, st.basis if frozen else None)
+        if refresh > 1 and not frozen:
+            st.basis, st.force_refresh = self.cache.vectors, False
+            st.basis_kappa = kappa.detach().numpy().copy()
+        terms = self.prior_terms(v, prior_weights(step))
+        loss = data + sum(terms.values(), torch.zeros((), dtype=torch.float64))
+        ok = bool(torch.isfinite(loss))
+        if ok:
+            loss.backward()
+            ok = bool(torch.isfinite(v.grad).all())
+        if not ok:
+            st.rollbacks += 1
+            if st.rollbacks > 8:
+                raise SolverError(f"non-finite loss or gradient at iteration {it} after "
+                                  "8 rollbacks")
+            with torch.no_grad():
+                v.copy_(st.good[0])
+            opt.load_state_dict(st.good[1])
+            st.lr_factor *= 0.5
+            st.force_refresh = True
+            log.warning("non-finite loss/gradient at iteration %d: rolled back, lr × %g",
+                        it, st.lr_factor)
+            return None
+        gnorm = float(torch.nn.utils.clip_grad_norm_([v], cfg.optimizer.clip_norm))
+        st.good = (v.detach().clone(), _opt_state(opt))
+        opt.step()
+        with torch.no_grad():
+            n_barrier = int((kappa < cfg.threshold).sum())
+        rec = {
+            "iteration": it, "stage": step.stage.name, "lr": lr,
+            "loss": float(loss.detach()), "data": float(data.detach()),
+            **{f"prior_{k}": float(t.detach()) for k, t in terms.items()},
+            "grad_norm": gnorm, "barrier_faces": n_barrier,
+            "modes": self.cache.last.n_modes if self.cache.last else None,
+            "seconds": st.seconds(),
+        }
+        if self.reference_faces is not None:
+            rec.update(self._reference_scores(kappa.detach().numpy()))
+        return rec
+
+    def _record(self, st: _LoopState, rec: dict[str, Any], run_dir: Path | None,
+                bar: Any) -> None:
+        """History, JSONL log line and progress bar of one iteration."""
+        st.history.append(rec)
+        if run_dir is not None:
+            with open(run_dir / LOG, "a") as fh:
+                fh.write(json.dumps(rec) + "\n")
+        bar.update(1)
+        bar.set_postfix(loss=f"{rec['loss']:.3g}", barrier=rec["barrier_faces"],
+                        modes=rec["modes"], refresh=False)
+
+    def _stop_on_plateau(self, st: _LoopState, rec: dict[str, Any], bar: Any) -> None:
+        """Skip to the next stage when the loss has not improved for ``patience`` steps."""
+        cfg, it = self.config, st.iteration
+        step = locate(cfg, it)
+        best_loss, best_it = st.stage_best.get(step.stage_index, (np.inf, it))
+        if rec["loss"] < best_loss * (1 - cfg.stopping.min_rel_improvement):
+            st.stage_best[step.stage_index] = (rec["loss"], it)
+        elif cfg.stopping.patience and it - best_it >= cfg.stopping.patience:
+            nxt = stage_start(cfg, step.stage_index + 1)
+            log.info("stage %s: loss plateau at iteration %d, moving on", step.stage.name, it)
+            bar.update(nxt - it - 1)
+            st.skip_to = nxt
+
+
+@dataclass(eq=False)
+class _LoopState:
+    """Everything one restart's loop carries between iterations (and checkpoints)."""
+
+    v: torch.nn.Parameter
+    opt: torch.optim.Optimizer
+    iteration: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    lr_factor: float = 1.0
+    stage_best: dict[int, tuple[float, int]] = field(default_factory=dict)
+    skip_to: int | None = None
+    elapsed: float = 0.0  # seconds spent before the last resume
+    t0: float = 0.0
+    # Frozen eigenbasis (optimizer.eigen_refresh > 1): the κ of the last eigen-solve and
+    # its kept modes; a checkpoint stores the κ, resume recomputes the modes.
+    basis_kappa: np.ndarray | None = None
+    basis: np.ndarray | None = None
+    force_refresh: bool = False
+    rollbacks: int = 0
+    good: tuple[torch.Tensor, dict] | None = None
+
+    @classmethod
+    def new(cls, n_faces: int, cfg: ReconConfig) -> _LoopState:
+        v = torch.nn.Parameter(torch.zeros(n_faces, dtype=torch.float64))
+        opt = make_optimizer(cfg.optimizer.name, [v], lr=cfg.optimizer.lr,
+                             betas=cfg.optimizer.betas)
+        return cls(v, opt)
+
+    def seconds(self) -> float:
+        return self.elapsed + time.perf_counter() - self.t0
+
+    def checkpoint(self, cfg: ReconConfig) -> dict[str, Any]:
+        return {
+            "v": self.v.detach().clone(), "optimizer": self.opt.state_dict(),
+            "iteration": self.iteration, "history": self.history,
+            "lr_factor": self.lr_factor, "stage_best": self.stage_best,
+            "skip_to": self.skip_to, "config": dump_config(cfg),
+            "basis_kappa": self.basis_kappa, "seconds": self.seconds(),
+        }
 
 
 def _same_config(text: str, config: ReconConfig) -> bool:

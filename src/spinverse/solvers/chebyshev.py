@@ -108,11 +108,105 @@ def _plan_substep(
     return shift, h, coeffs, growth
 
 
-def _apply_w(wg: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """Real (G, n, n) stack times complex (G, n, K) stack, as two real products."""
-    k = v.shape[2]
-    both = np.matmul(wg, np.concatenate([v.real, v.imag], axis=2))
-    return both[:, :, :k] + 1j * both[:, :, k:]
+@dataclass
+class ChebyshevTape:
+    """Inputs of each substep (list of (G, C, n) complex) and, when kept, the forward
+    vectors t_0 … t_{K−1} of each substep as real (G, K, 2, C, n) arrays (real and
+    imaginary parts; None: recomputed by the reverse mode)."""
+
+    inputs: list[np.ndarray]
+    t: list[np.ndarray] | None
+
+
+class ChebyshevBlock:
+    """exp(−τ(Λ + i s_gk W_g)) acting on columns stored as rows, (G, C, n).
+
+    ``lam`` (n,) 1/µs, ``wg`` (G, n, n) µm, ``strength`` (G, C) 1/(µm·µs), ``shift`` (G, C)
+    complex (of one substep) and ``plan`` (scale, coefficients, substeps) from
+    :func:`plan_expansion`, kept fixed, so that the reverse mode
+    (:func:`spinverse.autodiff.vjp.chebyshev_vjp`) is that of the polynomial evaluated.
+    """
+
+    def __init__(
+        self,
+        lam: np.ndarray,
+        wg: np.ndarray,
+        tau: float,
+        strength: np.ndarray,
+        shift: np.ndarray,
+        plan: ChebyshevPlan,
+    ) -> None:
+        self.lam, self.wg = lam, wg
+        self.substeps = int(plan.substeps)
+        self.tau = float(tau) / self.substeps  # one substep
+        self.s = np.asarray(strength, dtype=float)
+        self.shift = np.asarray(shift, dtype=complex)
+        self.h = float(plan.scale)
+        self.coeffs = plan.coeffs
+        h = self.h
+        # Z v = D ∘ v + E ∘ (W_g v);  Zᴴ = conj(Z) (Z is complex symmetric).
+        self.d = (-self.tau * lam[None, None, :] - self.shift[:, :, None]) / h  # (G, C, n)
+        self.e = (-1j * self.tau / h) * self.s[:, :, None]  # (G, C, 1)
+        self.dc = np.conj(self.d)
+        self.ec = np.conj(self.e)
+        self.factor = np.exp(self.shift + self.h)[:, :, None]  # (G, C, 1)
+
+    @property
+    def degree(self) -> int:
+        return len(self.coeffs) - 1
+
+    def w(self, v: np.ndarray) -> np.ndarray:
+        """v W_g (= (W_g v)ᵀ, W_g symmetric) for complex (G, C, n), as one real product."""
+        ncol = v.shape[1]
+        out = np.matmul(np.concatenate([v.real, v.imag], axis=1), self.wg)
+        return out[:, :ncol] + 1j * out[:, ncol:]
+
+    def z(self, v: np.ndarray) -> np.ndarray:
+        """The shifted, scaled operator Z applied to ``v`` (G, C, n)."""
+        return self.d * v + self.e * self.w(v)
+
+    def zh(self, v: np.ndarray) -> np.ndarray:
+        """Zᴴ applied to ``v`` (G, C, n)."""
+        return self.dc * v + self.ec * self.w(v)
+
+    def new_tape(self, g: int, ncol: int) -> np.ndarray:
+        """Empty real (G, K, 2, C, n) storage for the vectors of one substep."""
+        return np.empty((g, self.degree, 2, ncol, len(self.lam)))
+
+    def step(self, v0: np.ndarray, tape: np.ndarray | None) -> np.ndarray:
+        """One substep exp(…) v0, storing t_0 … t_{K−1} in ``tape`` when given."""
+        c = self.coeffs
+        t_prev = np.asarray(v0, dtype=complex)
+        y = c[0] * t_prev
+        if tape is not None:
+            tape[:, 0, 0], tape[:, 0, 1] = t_prev.real, t_prev.imag
+        t_cur = self.z(t_prev)
+        y += c[1] * t_cur
+        for k in range(2, self.degree + 1):
+            if tape is not None:
+                tape[:, k - 1, 0], tape[:, k - 1, 1] = t_cur.real, t_cur.imag
+            t_next = self.z(t_cur)
+            t_next *= 2.0
+            t_next -= t_prev
+            y += c[k] * t_next
+            t_prev, t_cur = t_cur, t_next
+        y *= self.factor
+        return y
+
+    def forward(self, v0: np.ndarray, keep_tape: bool) -> tuple[np.ndarray, ChebyshevTape]:
+        """(exp(…) v0, tape) for ``v0`` (G, C, n). The tape always holds the substep
+        inputs, and the recurrence vectors when ``keep_tape``."""
+        g, ncol, _ = v0.shape
+        y = np.asarray(v0, dtype=complex)
+        inputs: list[np.ndarray] = []
+        tapes: list[np.ndarray] | None = [] if keep_tape else None
+        for _ in range(self.substeps):
+            inputs.append(y)
+            t = self.new_tape(g, ncol) if keep_tape else None
+            y = self.step(y, t)
+            if tapes is not None and t is not None:
+                tapes.append(t)
+        return y, ChebyshevTape(inputs, tapes)
 
 
 def expm_action(
@@ -128,26 +222,6 @@ def expm_action(
     ``lam`` (n,) 1/µs, ``wg`` (G, n, n) µm, ``strength`` (G, K) 1/(µm·µs), ``v0``
     (G, n, K) complex or real. Returns (G, n, K) complex.
     """
-    h = plan.scale
-    c = plan.shift[:, None, :]  # (G, 1, K)
-    lam_col = lam[None, :, None]
-    s = strength[:, None, :]
-    tau_step = tau / plan.substeps
-
-    def z_apply(v: np.ndarray) -> np.ndarray:
-        xv = -tau_step * (lam_col * v + 1j * s * _apply_w(wg, v))
-        return (xv - c * v) / h
-
-    y = np.asarray(v0, dtype=complex)
-    for _ in range(plan.substeps):
-        t_prev = y
-        y = plan.coeffs[0] * t_prev
-        if plan.degree >= 1:
-            t_cur = z_apply(t_prev)
-            y = y + plan.coeffs[1] * t_cur
-            for k in range(2, plan.degree + 1):
-                t_next = 2.0 * z_apply(t_cur) - t_prev
-                y += plan.coeffs[k] * t_next
-                t_prev, t_cur = t_cur, t_next
-        y = np.exp(c + h) * y
-    return y
+    block = ChebyshevBlock(lam, wg, tau, strength, plan.shift, plan)
+    y, _ = block.forward(np.ascontiguousarray(np.swapaxes(v0, 1, 2), dtype=complex), False)
+    return np.swapaxes(y, 1, 2)

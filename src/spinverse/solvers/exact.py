@@ -358,32 +358,17 @@ def slab_eigendata(width_um: float, diffusivity: float, *, n_modes: int) -> Eige
     return _piecewise_cos_eigendata(L, 0.0, k, np.ones_like(k), np.zeros_like(k), D)
 
 
-def slab_signal(
-    width_um: float,
-    bvalues: ArrayLike,
-    delta_us: float,
-    Delta_us: float,
-    diffusivity: float,
-    *,
-    n_modes: int | None = None,
-    tol: float = _TOL,
-) -> np.ndarray:
+def slab_signal(width_um: float, bvalues: ArrayLike, delta_us: float, Delta_us: float,
+                diffusivity: float, *, n_modes: int | None = None,
+                tol: float = _TOL) -> np.ndarray:
     """PGSE E(b) in an impermeable slab of width ``width_um`` µm, gradient ⟂ plates.
 
     b in s/mm², δ, Δ in µs, D in µm²/µs; ``n_modes`` fixes the truncation, otherwise it grows
     until E changes by ≤ ``tol``.
     """
-    return _signal(
-        _full(lambda n: slab_eigendata(width_um, diffusivity, n_modes=n)),
-        bvalues,
-        delta_us,
-        Delta_us,
-        n_modes,
-        tol,
-        n_start=64,
-        ratio=4,
-        what="slab",
-    )
+    return _signal(_full(lambda n: slab_eigendata(width_um, diffusivity, n_modes=n)),
+                   bvalues, delta_us, Delta_us, n_modes, tol, n_start=64, ratio=4,
+                   what="slab")
 
 
 # ----------------------------------------------------------- 1-D: two permeable slabs
@@ -522,18 +507,9 @@ def two_slab_eigendata(
     return _piecewise_cos_eigendata(a, b, k[:n], A[:n], C[:n], D)
 
 
-def two_slab_signal(
-    a_um: float,
-    b_um: float,
-    kappa: float,
-    bvalues: ArrayLike,
-    delta_us: float,
-    Delta_us: float,
-    diffusivity: float,
-    *,
-    n_modes: int | None = None,
-    tol: float = _TOL,
-) -> np.ndarray:
+def two_slab_signal(a_um: float, b_um: float, kappa: float, bvalues: ArrayLike,
+                    delta_us: float, Delta_us: float, diffusivity: float, *,
+                    n_modes: int | None = None, tol: float = _TOL) -> np.ndarray:
     """PGSE E(b) for two slabs [0, a] ∪ [a, a + b] µm joined by a membrane κ µm/µs at x = a.
 
     Gradient along x, reflecting outer walls; b in s/mm², δ, Δ in µs, D in µm²/µs.
@@ -541,15 +517,7 @@ def two_slab_signal(
     """
     return _signal(
         _full(lambda n: two_slab_eigendata(a_um, b_um, kappa, diffusivity, n_modes=n)),
-        bvalues,
-        delta_us,
-        Delta_us,
-        n_modes,
-        tol,
-        n_start=64,
-        ratio=4,
-        what="two-slab",
-    )
+        bvalues, delta_us, Delta_us, n_modes, tol, n_start=64, ratio=4, what="two-slab")
 
 
 def exchange_rate(a: float, b: float, kappa: float, D: float) -> float:
@@ -749,58 +717,34 @@ def ball_eigendata(radius_um: float, diffusivity: float, *, n_modes: int) -> Eig
     return EigenData(lam, 0.5 * (B + B.T), nu0, 4.0 / 3.0 * math.pi * float(radius_um) ** 3)
 
 
-def cylinder_signal(
-    radius_um: float,
-    bvalues: ArrayLike,
-    delta_us: float,
-    Delta_us: float,
-    diffusivity: float,
-    *,
-    n_modes: int | None = None,
-    tol: float = _TOL,
-) -> np.ndarray:
-    """PGSE E(b) in an impermeable cylinder of radius ``radius_um`` µm, gradient ⟂ axis.
-
-    b in s/mm², δ, Δ in µs, D in µm²/µs; adaptive truncation to ``tol`` unless ``n_modes``.
-    """
+def _radial_signal(spherical: bool, radius_um: float, bvalues: ArrayLike, delta_us: float,
+                   Delta_us: float, diffusivity: float, n_modes: int | None,
+                   tol: float) -> np.ndarray:
     return _signal(
-        lambda n, choose_p: _radial_data(radius_um, diffusivity, n, choose_p, spherical=False),
-        bvalues,
-        delta_us,
-        Delta_us,
-        n_modes,
-        tol,
-        n_start=320,
-        ratio=8,
-        what="cylinder",
+        lambda n, choose_p: _radial_data(radius_um, diffusivity, n, choose_p,
+                                         spherical=spherical),
+        bvalues, delta_us, Delta_us, n_modes, tol, n_start=320, ratio=8,
+        what="sphere" if spherical else "cylinder",
     )
 
 
-def sphere_signal(
-    radius_um: float,
-    bvalues: ArrayLike,
-    delta_us: float,
-    Delta_us: float,
-    diffusivity: float,
-    *,
-    n_modes: int | None = None,
-    tol: float = _TOL,
-) -> np.ndarray:
-    """PGSE E(b) in an impermeable sphere of radius ``radius_um`` µm.
+def cylinder_signal(radius_um: float, bvalues: ArrayLike, delta_us: float, Delta_us: float,
+                    diffusivity: float, *, n_modes: int | None = None,
+                    tol: float = _TOL) -> np.ndarray:
+    """PGSE E(b) in an impermeable cylinder of radius ``radius_um`` µm, gradient ⟂ axis
+    (b in s/mm², δ, Δ in µs, D in µm²/µs; adaptive truncation to ``tol`` unless
+    ``n_modes``)."""
+    return _radial_signal(False, radius_um, bvalues, delta_us, Delta_us, diffusivity,
+                          n_modes, tol)
 
-    b in s/mm², δ, Δ in µs, D in µm²/µs; adaptive truncation to ``tol`` unless ``n_modes``.
-    """
-    return _signal(
-        lambda n, choose_p: _radial_data(radius_um, diffusivity, n, choose_p, spherical=True),
-        bvalues,
-        delta_us,
-        Delta_us,
-        n_modes,
-        tol,
-        n_start=320,
-        ratio=8,
-        what="sphere",
-    )
+
+def sphere_signal(radius_um: float, bvalues: ArrayLike, delta_us: float, Delta_us: float,
+                  diffusivity: float, *, n_modes: int | None = None,
+                  tol: float = _TOL) -> np.ndarray:
+    """PGSE E(b) in an impermeable sphere of radius ``radius_um`` µm (units and
+    truncation as :func:`cylinder_signal`)."""
+    return _radial_signal(True, radius_um, bvalues, delta_us, Delta_us, diffusivity,
+                          n_modes, tol)
 
 
 # --------------------------------------------------------------------------- sum rule

@@ -1,63 +1,195 @@
-"""Matrix formalism: the Bloch–Torrey signal in a truncated Laplace eigenbasis.
+"""Matrix formalism: the forward engine, grid + per-face κ + protocol → signal.
 
-In the basis of the kept eigenmodes Φ (φᵀMφ = 1, eigenvalues Λ ≤ λ_max) the magnetisation
-coefficients obey ν' = −(Λ + i q f(t) W(ĝ)) ν with W(ĝ) = Φᵀ(Σ_d ĝ_d J_d)Φ (µm) and
-ν(0) = ν₀ = ΦᵀMρ; the signal is S = ν₀ᵀ ν(TE) in µm³. For PGSE with real ν₀,
-S = uᴴ exp(−(Δ−δ)Λ) u with u = exp(−δ(Λ + iqW)) ν₀, one exponential action per
-(b, direction).
+One pipeline serves every caller (``spinverse simulate``, targets, the fit, reports and
+the differentiable :func:`spinverse.simulate`): assemble A(κ) = K + Q(κ) (the per-grid FE
+model is cached), eigen-solve against M and cut at λ_max = Dπ²/ℓ² at a spectral gap
+(:mod:`spinverse.solvers.spectrum`), project J_d and ρ = 1 on the kept modes and propagate
+every sequence there (:mod:`spinverse.solvers.reduced`). :func:`forward` returns the
+signal and the state the reverse mode (:mod:`spinverse.autodiff`) reuses.
+
+Units: κ µm/µs, S µm³, b s/mm², times µs, λ 1/µs.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+import contextlib
+import contextvars
+import os
+import time
+import weakref
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
-from threadpoolctl import threadpool_limits
+import scipy.sparse as sp
 
-if TYPE_CHECKING:
-    from spinverse.acquisition.protocol import Protocol
+from spinverse.acquisition.protocol import Protocol
 from spinverse.acquisition.sequences import Sequence
-from spinverse.fem.assembly import FEModel
-from spinverse.solvers.chebyshev import DEFAULT_TOL, expm_action, plan_expansion
-from spinverse.solvers.eigen import EigenBasis, laplace_eigenmodes
+from spinverse.errors import SolverError
+from spinverse.fem.assembly import FEModel, check_kappa
+from spinverse.mesh.grid import TetGrid
+from spinverse.solvers.chebyshev import DEFAULT_TOL
+from spinverse.solvers.reduced import ReducedModel, SequenceTape
+from spinverse.solvers.spectrum import (
+    Spectrum,
+    blas_threads,
+    block_mass_inverse_factor,
+    solve_spectrum,
+)
 
-#: Below this many modes the propagation runs on one BLAS thread.
-SMALL_MODEL_MODES = 256
-#: Longest piecewise-constant segment (µs) used to sample smooth waveforms (cosine OGSE).
-SMOOTH_WAVEFORM_SEGMENT_US = 20.0
+#: Dense products smaller than this many modes run on one BLAS thread (threading them
+#: costs more than it gains, and much more when a core is busy).
+THREADED_MIN_MODES = 256
 
 
-@dataclass(frozen=True, eq=False)
-class ReducedModel:
-    """The FE model projected on its kept eigenmodes.
+# ------------------------------------------------------------------------- threads
+_THREAD_LIMIT: contextvars.ContextVar[int | None] = contextvars.ContextVar(
+    "spinverse_thread_limit", default=None)
 
-    ``values`` (n,) 1/µs, ``moments`` (3, n, n) µm, ``nu0`` (n,) µm^{3/2}.
-    ``dof_points`` (N, 3) µm bounds the field of values of the moment matrices.
+
+@contextlib.contextmanager
+def thread_limit(n_threads: int | None) -> Iterator[None]:
+    """Within the block (this thread), simulations that do not pass ``n_threads`` use
+    ``n_threads`` CPU threads (None: the default). Process-pool workers that share a
+    machine set 1, so they do not oversubscribe the cores."""
+    token = _THREAD_LIMIT.set(None if n_threads is None else max(1, int(n_threads)))
+    try:
+        yield
+    finally:
+        _THREAD_LIMIT.reset(token)
+
+
+def resolve_threads(n_threads: int | None) -> int:
+    """Threads for one call: ``n_threads``, else :func:`thread_limit`, else the
+    ``SPINVERSE_NUM_THREADS`` environment variable, else the CPUs available."""
+    if n_threads is not None:
+        return max(1, int(n_threads))
+    limit = _THREAD_LIMIT.get()
+    if limit is not None:
+        return limit
+    env = os.environ.get("SPINVERSE_NUM_THREADS", "").strip()
+    if env:
+        try:
+            return max(1, int(env))
+        except ValueError:
+            raise SolverError(f"SPINVERSE_NUM_THREADS must be an integer, got {env!r}") from None
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - non-Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def blas(n_threads: int, big: bool = True) -> Any:
+    """BLAS thread limit: ``n_threads`` for big dense work, else 1."""
+    return blas_threads(n_threads if big else 1)
+
+
+def propagator_threads(n_threads: int) -> Any:
+    """Context for the propagators: they run on ``n_threads`` worker threads over
+    direction chunks, each with single-threaded BLAS (threaded BLAS on these medium-size
+    products scales poorly and collapses when a core is busy)."""
+    if n_threads > 1:
+        return blas_threads(1)
+    return contextlib.nullcontext()
+
+
+# --------------------------------------------------------------------------- cache
+@dataclass
+class SimulationInfo:
+    """How a signal was computed: boundary mode, sizes, spectral gap, timings (s)."""
+
+    outer_boundary: str
+    n_dofs: int
+    n_modes: int
+    eigen_gap: float
+    next_value: float
+    eig_method: str
+    timings: dict[str, float] = field(default_factory=dict)
+    backward: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(eq=False)
+class CachedModel:
+    """The FE model of one grid, D, boundary mode and set of κ = ∞ faces, the block
+    Cholesky factor of its mass matrix (or None) and ``extras`` other layers derive from
+    it (e.g. the gradient's per-face flux blocks)."""
+
+    fe: FEModel
+    linv: sp.csr_matrix | None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+class SimulationCache:
+    """Reusable state for repeated simulations (optimisation loops).
+
+    Keeps the assembled FE models (per grid, D, boundary mode and set of κ = ∞ faces),
+    the last number of kept modes (``k_guess`` of the sparse eigen-solver), the kept
+    eigenvectors of the last eigen-solve (``vectors``, (N, n), M-orthonormal: a basis to
+    freeze with ``basis=...``) and the :class:`SimulationInfo` of the last call (``last``).
     """
 
-    basis: EigenBasis
-    moments: np.ndarray
-    nu0: np.ndarray
-    dof_points: np.ndarray
+    def __init__(self, *, shared: bool = False) -> None:
+        # shared: the process-wide per-grid models (freed with their grid)
+        self._models = _SHARED_MODELS if shared else {}
+        self.k_guess: int | None = None
+        self.vectors: np.ndarray | None = None
+        self.last: SimulationInfo | None = None
 
-    @property
-    def values(self) -> np.ndarray:
-        return self.basis.values
+    def model(self, grid: TetGrid, kappa: np.ndarray, diffusivity: float,
+              outer_boundary: str) -> CachedModel:
+        """The cached model for this grid, D (µm²/µs), boundary mode and κ = ∞ faces."""
+        cont = np.isinf(kappa)
+        key = (id(grid), float(diffusivity), outer_boundary, cont.tobytes())
+        hit = self._models.get(key)
+        if hit is not None and hit[0]() is grid:
+            return hit[1]
+        fe = FEModel.build(grid, diffusivity=diffusivity, continuous=cont,
+                           outer_boundary=outer_boundary)
+        entry = CachedModel(fe, block_mass_inverse_factor(fe))
+        self._models[key] = (weakref.ref(grid), entry)
+        if self._models is _SHARED_MODELS:
+            weakref.finalize(grid, _SHARED_MODELS.pop, key, None)
+        return entry
 
-    @property
-    def n_modes(self) -> int:
-        return self.basis.n_modes
 
-    def direction_moments(self, directions: np.ndarray) -> np.ndarray:
-        """(G, n, n) W(ĝ) for each unit direction (G, 3)."""
-        return np.einsum("gd,dij->gij", directions, self.moments)
+#: FE models reused by calls that pass no cache, per grid (freed with the grid): repeated
+#: calls on one grid skip the assembly. Only the model is shared, never solver state, so
+#: results do not depend on earlier calls.
+_SHARED_MODELS: dict[tuple, tuple[Any, CachedModel]] = {}
 
-    def direction_extent(self, directions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(centre, half_range) of x·ĝ over the domain, (G,) each, µm."""
-        proj = self.dof_points @ np.asarray(directions, dtype=float).T  # (N, G)
-        lo, hi = proj.min(axis=0), proj.max(axis=0)
-        return 0.5 * (lo + hi), 0.5 * (hi - lo)
+
+# ------------------------------------------------------------------------ reduction
+def ritz_spectrum(a: Any, basis: np.ndarray, lambda_max: float) -> Spectrum:
+    """Galerkin (Ritz) modes of (A, M) on a frozen M-orthonormal ``basis`` (N, m).
+
+    The eigenpairs of the m × m matrix Φᵀ A Φ, rotated back: the model is the FE operator
+    restricted to span(Φ). Its gradient with respect to κ is the frozen-basis formula
+    (no subspace-rotation term), exact for this restricted model."""
+    basis = np.asarray(basis, dtype=float)
+    n_dofs = a.shape[0]
+    if basis.ndim != 2 or basis.shape[0] != n_dofs or basis.shape[1] == 0:
+        raise SolverError(f"frozen basis must have shape ({n_dofs}, m ≥ 1), "
+                          f"got {basis.shape}")
+    c = basis.T @ np.asarray(a @ basis)
+    c = 0.5 * (c + c.T)
+    values, u = np.linalg.eigh(c)
+    return Spectrum(
+        values=values, vectors=np.ascontiguousarray(basis @ u),
+        extra_values=np.empty(0), extra_vectors=np.empty((n_dofs, 0)),
+        lambda_max=float(lambda_max), next_value=np.inf, method="frozen", complete=False,
+    )
+
+
+def project(fe: FEModel, spec: Spectrum, *, tol: float = DEFAULT_TOL, n_threads: int = 1
+            ) -> ReducedModel:
+    """The reduced model on the kept modes of ``spec``: Λ, W_d = ΦᵀJ_dΦ, ν₀ = ΦᵀM1."""
+    v = spec.vectors
+    with blas(n_threads, spec.n_modes >= THREADED_MIN_MODES):
+        moments = np.stack([v.T @ np.asarray(j @ v) for j in fe.moments])
+    moments = 0.5 * (moments + moments.transpose(0, 2, 1))
+    return ReducedModel(spec.values, moments, v.T @ fe.mass_ones, fe.dof_points, tol=tol,
+                        workers=n_threads)
 
 
 def reduce_model(
@@ -68,78 +200,113 @@ def reduce_model(
     eig_method: str = "auto",
     cluster_rtol: float = 1e-6,
     k_guess: int | None = None,
-) -> ReducedModel:
-    """Eigen-solve A(κ) = K + Q(κ) against M and project J_d and ρ = 1 (λ_max in 1/µs)."""
-    basis = laplace_eigenmodes(
-        fe.operator(kappa), fe.mass, lambda_max,
-        cluster_rtol=cluster_rtol, method=eig_method, k_guess=k_guess,
-    )
-    phi = basis.vectors
-    moments = np.stack([phi.T @ (j @ phi) for j in fe.moments])
-    moments = 0.5 * (moments + moments.transpose(0, 2, 1))
-    nu0 = phi.T @ fe.mass_ones
-    return ReducedModel(basis, moments, nu0, fe.dof_points)
-
-
-def _propagate_segments(
-    reduced: ReducedModel,
-    wg: np.ndarray,
-    centre: np.ndarray,
-    half: np.ndarray,
-    segments: tuple[tuple[float, float], ...],
-    q: np.ndarray,
-    tol: float,
-) -> np.ndarray:
-    """ν(TE) for a piecewise-constant waveform; returns (G, n, K) complex."""
-    lam = reduced.values
-    n_dir, n_b = wg.shape[0], len(q)
-    nu = np.broadcast_to(reduced.nu0[None, :, None], (n_dir, len(lam), n_b)).astype(complex)
-    for duration, fval in segments:
-        if duration <= 0:
-            continue
-        if fval == 0.0:
-            nu = np.exp(-duration * lam)[None, :, None] * nu
-            continue
-        strength = np.broadcast_to(q[None, :] * fval, (n_dir, n_b))
-        plan = plan_expansion(lam[0], lam[-1], duration, strength, centre, half, tol=tol)
-        nu = expm_action(lam, wg, duration, strength, nu, plan)
-    return nu
-
-
-def sequence_signal(
-    reduced: ReducedModel,
-    sequence: Sequence,
-    q: np.ndarray,
-    directions: np.ndarray,
-    *,
     tol: float = DEFAULT_TOL,
-) -> np.ndarray:
+) -> ReducedModel:
+    """Eigen-solve A(κ) = K + Q(κ) against M and project (λ_max in 1/µs)."""
+    spec = solve_spectrum(fe.operator(kappa), fe.mass, lambda_max, method=eig_method,
+                          cluster_rtol=cluster_rtol, k_guess=k_guess,
+                          linv=block_mass_inverse_factor(fe))
+    return project(fe, spec, tol=tol)
+
+
+def sequence_signal(reduced: ReducedModel, sequence: Sequence, q: np.ndarray,
+                    directions: np.ndarray) -> np.ndarray:
     """S (n_b, n_dir) complex, µm³, for one sequence, q (n_b,) in 1/(µm·µs)."""
-    lam = reduced.values
-    wg = reduced.direction_moments(directions)
-    centre, half = reduced.direction_extent(directions)
-    n_dir = len(directions)
-    if sequence.kind == "pgse":
-        delta, big_delta = sequence.delta, sequence.Delta  # type: ignore[attr-defined]
-        strength = np.broadcast_to(q[None, :], (n_dir, len(q)))
-        plan = plan_expansion(lam[0], lam[-1], delta, strength, centre, half, tol=tol)
-        v0 = np.broadcast_to(reduced.nu0[None, :, None], (n_dir, len(lam), len(q)))
-        u = expm_action(lam, wg, delta, strength, v0, plan)
-        decay = np.exp(-(big_delta - delta) * lam)[None, :, None]
-        s = np.einsum("gnk,gnk->gk", u.conj(), decay * u)
-    else:
-        segments = sequence.piecewise(SMOOTH_WAVEFORM_SEGMENT_US)
-        nu = _propagate_segments(reduced, wg, centre, half, segments, q, tol)
-        s = np.einsum("n,gnk->gk", reduced.nu0, nu)
-    return s.T
+    return reduced.sequence_forward(sequence, q, directions)[0]
 
 
-def mf_signal(reduced: ReducedModel, protocol: Protocol, *, tol: float = DEFAULT_TOL) -> np.ndarray:
+def mf_signal(reduced: ReducedModel, protocol: Protocol) -> np.ndarray:
     """S (n_sequences, n_bvalues, n_directions) complex128 in µm³ for a protocol."""
-    out = np.empty((protocol.n_sequences, protocol.n_bvalues, protocol.n_directions), complex)
-    # Small reduced models are latency-bound: one BLAS thread avoids threading overhead.
-    threads = 1 if reduced.n_modes < SMALL_MODEL_MODES else None
-    with threadpool_limits(limits=threads, user_api="blas"):
-        for i, seq in enumerate(protocol.sequences):
-            out[i] = sequence_signal(reduced, seq, protocol.q(i), protocol.directions, tol=tol)
-    return out
+    return np.stack([sequence_signal(reduced, seq, protocol.q(i), protocol.directions)
+                     for i, seq in enumerate(protocol.sequences)])
+
+
+# -------------------------------------------------------------------------- forward
+@dataclass(eq=False)
+class ForwardState:
+    """One forward pass: what the reverse mode reuses, and how it ran (``info``)."""
+
+    model: CachedModel
+    a: Any
+    spec: Spectrum
+    reduced: ReducedModel
+    tapes: list[SequenceTape]
+    protocol: Protocol
+    info: SimulationInfo
+    n_threads: int
+    frozen: bool
+
+    @property
+    def fe(self) -> FEModel:
+        return self.model.fe
+
+
+def forward(
+    grid: TetGrid,
+    kappa: np.ndarray,
+    protocol: Protocol,
+    *,
+    outer_boundary: str = "reflecting",
+    eig_method: str = "auto",
+    cluster_rtol: float = 1e-6,
+    tol: float = DEFAULT_TOL,
+    cache: SimulationCache | None = None,
+    k_guess: int | None = None,
+    n_threads: int | None = None,
+    keep: bool = False,
+    basis: np.ndarray | None = None,
+) -> tuple[np.ndarray, ForwardState]:
+    """S (n_seq, n_b, n_dir) complex µm³ for per-face κ (µm/µs), and the forward state.
+
+    ``keep``: keep what a reverse mode needs (tapes, modes above the cut). ``basis``
+    (N, m): skip the eigen-solve and use the Galerkin model on that frozen basis
+    (:func:`ritz_spectrum`). ``cache``: reused per-grid work and solver state (default:
+    only the grid's FE model is reused). Other options as :func:`spinverse.simulate`.
+    """
+    cache = cache if cache is not None else SimulationCache(shared=True)
+    nthr = resolve_threads(n_threads)
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    k = check_kappa(grid, kappa, outer_boundary)
+    with blas(1):
+        model = cache.model(grid, k, protocol.diffusivity, outer_boundary)
+        fe = model.fe
+        a = fe.operator(k)
+        t1 = time.perf_counter()
+        timings["assemble"] = t1 - t0
+        if basis is None:
+            spec = solve_spectrum(
+                a, fe.mass, protocol.lambda_max, method=eig_method, cluster_rtol=cluster_rtol,
+                k_guess=k_guess if k_guess is not None else cache.k_guess, linv=model.linv,
+                n_threads=nthr, margin=keep,
+            )
+            cache.vectors = spec.vectors
+        else:
+            with blas(nthr, basis.shape[1] >= THREADED_MIN_MODES):
+                spec = ritz_spectrum(a, basis, protocol.lambda_max)
+        t2 = time.perf_counter()
+        timings["eigen"] = t2 - t1
+        red = project(fe, spec, tol=tol, n_threads=nthr)
+        t3 = time.perf_counter()
+        timings["project"] = t3 - t2
+        out = np.empty((protocol.n_sequences, protocol.n_bvalues, protocol.n_directions),
+                       dtype=complex)
+        tapes = []
+        dirs = np.asarray(protocol.directions, dtype=float)
+        with propagator_threads(nthr):
+            for i, seq in enumerate(protocol.sequences):
+                out[i], tape = red.sequence_forward(seq, protocol.q(i), dirs, keep)
+                tapes.append(tape)
+        timings["propagate"] = time.perf_counter() - t3
+    if not np.all(np.isfinite(out)):
+        raise SolverError("the matrix-formalism solver produced a non-finite signal")
+    if basis is None:
+        cache.k_guess = spec.n_modes
+    info = SimulationInfo(
+        outer_boundary=outer_boundary, n_dofs=fe.n_dofs, n_modes=spec.n_modes,
+        eigen_gap=spec.gap, next_value=spec.next_value, eig_method=spec.method,
+        timings=timings,
+    )
+    cache.last = info
+    state = ForwardState(model, a, spec, red, tapes, protocol, info, nthr, basis is not None)
+    return out, state

@@ -1,21 +1,20 @@
-"""Eigen-solves for the differentiable forward model and the subspace-rotation solve.
+"""Laplace eigenmodes of the FE model, truncated at a spectral gap: the one eigen-solver.
 
-:func:`solve_spectrum` returns the kept modes (λ ≤ λ_max, cut at a gap with the same rule
-as :func:`spinverse.solvers.eigen.laplace_eigenmodes`) plus modes *above* the cut:
+:func:`solve_spectrum` solves (K + Q(κ)) φ = λ M φ with φᵀMφ = 1 for every λ ≤ λ_max
+(1/µs) and extends the kept set so that it never ends inside a cluster of nearly equal
+eigenvalues (a cut through a degenerate cluster would make the reduced model depend on an
+arbitrary choice of basis vectors). With ``margin`` it also returns modes *above* the cut,
+which the gradient's subspace-rotation solve deflates (:mod:`spinverse.autodiff.rotation`).
 
 * ``"dense"``: the full spectrum (LAPACK divide and conquer). When the mass matrix is
   block diagonal (every tet its own 4 nodes, no κ = ∞ faces) the pencil is reduced to
-  standard form with the exact 4×4 block Cholesky factors, which is cheaper than the
-  generalised driver. The rotation solve is then the spectral formula (two GEMMs).
-* ``"sparse"``: shift-invert Lanczos (ARPACK, fixed start vector) for the kept modes and
-  a margin of extra modes; the rotation solve is preconditioned CG on the M-orthogonal
-  complement with the deflated preconditioner P(A − σ_bM)⁻¹ (one shift σ_b per block of
-  columns, inside the block's range of λ_i), the extra modes handled exactly by the
-  spectral formula.
+  standard form with the exact 4×4 block Cholesky factors, cheaper than the generalised
+  driver.
+* ``"sparse"``: shift-invert Lanczos (ARPACK, fixed start vector), asking for more modes
+  until the cut (and, with ``margin``, a margin of extra modes above it) is covered.
 
 ``"auto"`` picks dense for small grids and when many modes are kept (counted beforehand
-by Sylvester's law of inertia, :func:`spinverse.solvers.eigen.count_below`), sparse
-otherwise.
+by Sylvester's law of inertia, :func:`count_below`), sparse otherwise.
 
 Units: λ, μ in 1/µs; A, M as in :mod:`spinverse.fem.assembly`.
 """
@@ -34,7 +33,6 @@ from threadpoolctl import ThreadpoolController
 
 from spinverse.errors import SolverError
 from spinverse.fem.assembly import FEModel
-from spinverse.solvers.eigen import _cut, count_below
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +55,40 @@ DENSE_MAX_DOFS = 9000
 DENSE_MIN_DOFS = 800
 #: ``"auto"`` uses the dense path when more than this fraction of the modes is kept.
 DENSE_FRACTION = 0.2
+
+
+def count_below(stiffness: sp.spmatrix, mass: sp.spmatrix, lam: float) -> int | None:
+    """Number of eigenvalues of (stiffness, mass) below ``lam`` by Sylvester's law of
+    inertia: the negative pivots of a symmetric LDLᵀ factorisation of A − λM.
+
+    Uses SuperLU with symmetric ordering and diagonal pivoting; returns None when that
+    factorisation is not symmetric or breaks down (then callers fall back to growing k).
+    """
+    shifted = (stiffness - lam * mass).tocsc()
+    try:
+        lu = sla.splu(shifted, permc_spec="MMD_AT_PLUS_A", diag_pivot_thresh=0.0,
+                      options={"SymmetricMode": True})
+    except RuntimeError:
+        return None
+    if not np.array_equal(lu.perm_r, lu.perm_c):
+        return None
+    diag = lu.U.diagonal()
+    if not np.all(np.isfinite(diag)) or np.any(diag == 0):
+        return None
+    return int(np.count_nonzero(diag < 0))
+
+
+def cut_at_gap(values: np.ndarray, lambda_max: float, cluster_rtol: float,
+               scale: float) -> int:
+    """Number of leading ``values`` (ascending, 1/µs) to keep: all ≤ λ_max, extended
+    through any cluster (neighbours closer than ``cluster_rtol`` relative, floor
+    ``scale``)."""
+    n = int(np.searchsorted(values, lambda_max, side="right"))
+    while 0 < n < len(values) and values[n] - values[n - 1] <= cluster_rtol * max(
+        abs(values[n]), scale
+    ):
+        n += 1
+    return n
 
 
 @dataclass(eq=False)
@@ -116,8 +148,8 @@ def block_mass_inverse_factor(fe: FEModel) -> sp.csr_matrix | None:
 
 # ---------------------------------------------------------------------- eigen-solves
 def solve_spectrum(
-    fe: FEModel,
     a: sp.spmatrix,
+    mass: sp.spmatrix,
     lambda_max: float,
     *,
     method: str = "auto",
@@ -125,16 +157,18 @@ def solve_spectrum(
     k_guess: int | None = None,
     linv: sp.spmatrix | None = None,
     n_threads: int | None = None,
+    margin: bool = False,
 ) -> Spectrum:
-    """Modes of (A, M) with λ ≤ ``lambda_max`` (1/µs) cut at a gap, plus modes above it.
+    """Modes of (A, M) with λ ≤ ``lambda_max`` (1/µs) cut at a gap (and modes above it).
 
     ``method``: ``"dense"``, ``"sparse"`` or ``"auto"`` (dense for small problems and
     when more than :data:`DENSE_FRACTION` of the modes lie below λ_max, counted by
     Sylvester's law of inertia; sparse otherwise and above :data:`DENSE_MAX_DOFS`
-    unknowns). ``k_guess``: expected number of kept modes (sparse).
-    ``linv``: a precomputed :func:`block_mass_inverse_factor` (dense path).
-    ``n_threads``: BLAS threads of the dense path (ARPACK always runs on one: its work is
-    sparse solves and small dense updates).
+    unknowns). ``k_guess``: expected number of kept modes (sparse). ``linv``: the
+    :func:`block_mass_inverse_factor` of M when it is block diagonal (dense path; else the
+    generalised driver). ``n_threads``: BLAS threads of the dense path (ARPACK always runs
+    on one: its work is sparse solves and small dense updates). ``margin``: the sparse
+    path also returns ≥ 10 % (≥ 16) modes above the cut (the gradient deflates them).
     """
     n_dofs = a.shape[0]
     if lambda_max <= 0 or not np.isfinite(lambda_max):
@@ -143,7 +177,7 @@ def solve_spectrum(
         if n_dofs <= DENSE_MIN_DOFS:
             method = "dense"
         else:
-            n_below = count_below(a, fe.mass, lambda_max)
+            n_below = count_below(a, mass, lambda_max)
             if n_below is not None:
                 k_guess = n_below
             many = n_below is None or n_below > DENSE_FRACTION * n_dofs
@@ -151,18 +185,18 @@ def solve_spectrum(
     scale = 1e-9 * lambda_max
     if method == "dense":
         with blas_threads(n_threads):
-            values, vectors = _dense_full(fe, a, linv)
+            values, vectors = _dense_full(a, mass, linv)
         complete = True
     elif method == "sparse":
         with blas_threads(1):
-            values, vectors = _sparse_margin(fe, a, lambda_max, cluster_rtol, scale,
-                                             k_guess)
+            values, vectors = _sparse(a, mass, lambda_max, cluster_rtol, scale, k_guess,
+                                      margin)
         complete = len(values) == n_dofs
     else:
         raise SolverError(f"unknown eigen method {method!r}; use 'dense', 'sparse' or 'auto'")
     if not np.all(np.isfinite(values)):
         raise SolverError("eigen-solver returned non-finite eigenvalues")
-    n = _cut(values, lambda_max, cluster_rtol, scale)
+    n = cut_at_gap(values, lambda_max, cluster_rtol, scale)
     if n == 0:
         raise SolverError(
             f"no eigenvalue below lambda_max = {lambda_max:g} 1/µs (smallest "
@@ -182,18 +216,19 @@ def solve_spectrum(
 
 
 def _dense_full(
-    fe: FEModel, a: sp.spmatrix, linv: sp.spmatrix | None
+    a: sp.spmatrix, mass: sp.spmatrix, linv: sp.spmatrix | None
 ) -> tuple[np.ndarray, np.ndarray]:
-    if linv is None:
-        linv = block_mass_inverse_factor(fe)
+    """The whole spectrum of (A, M), ascending, M-orthonormal vectors."""
     if linv is not None:
         c = (linv @ sp.csr_matrix(a) @ linv.T).toarray()
         c = 0.5 * (c + c.T)
         values, z = la.eigh(c, driver="evd", check_finite=False, overwrite_a=True)
         vectors = np.asarray(linv.T @ z)
     else:
-        values, vectors = la.eigh(a.toarray(), fe.mass.toarray(), driver="gvd",
-                                  check_finite=False, overwrite_a=True, overwrite_b=True)
+        dense_a = a.toarray() if sp.issparse(a) else np.array(a, dtype=float)
+        dense_m = mass.toarray() if sp.issparse(mass) else np.array(mass, dtype=float)
+        values, vectors = la.eigh(dense_a, dense_m, driver="gvd", check_finite=False,
+                                  overwrite_a=True, overwrite_b=True)
     return values, vectors
 
 
@@ -208,28 +243,30 @@ def spd_factor(k: sp.spmatrix) -> sla.SuperLU:
         return sla.splu(kc, permc_spec="MMD_AT_PLUS_A")
 
 
-def _sparse_margin(
-    fe: FEModel,
+def _sparse(
     a: sp.spmatrix,
+    mass: sp.spmatrix,
     lambda_max: float,
     cluster_rtol: float,
     scale: float,
     k_guess: int | None,
+    margin: bool,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Shift-invert Lanczos; keeps asking for more modes until the cut leaves a margin of
-    extra modes (≥ 10 % and ≥ 16) above it."""
+    """Shift-invert Lanczos; asks for more modes until the cut (with ``margin``: and a
+    margin of ≥ 10 % and ≥ 16 extra modes above it) is covered."""
     n_dofs = a.shape[0]
-    ac, m = sp.csc_matrix(a), sp.csc_matrix(fe.mass)
+    ac, m = sp.csc_matrix(a), sp.csc_matrix(mass)
+    # Shift slightly below zero: A − σM is then positive definite (A is semi-definite).
     sigma = -1e-3 * lambda_max
     lu = spd_factor(ac - sigma * m)
     op = sla.LinearOperator((n_dofs, n_dofs), matvec=lu.solve, dtype=np.float64)
     k = max(32, int(k_guess * 1.2) + 24) if k_guess else 64
     # A fixed start vector: ARPACK's default is random, which makes runs differ in
-    # round-off (the issue asks for deterministic gradients).
+    # round-off (gradients and signals must be deterministic).
     v0 = np.random.default_rng(12345).standard_normal(n_dofs)
     while True:
         if k >= n_dofs - 1:
-            return _dense_full(fe, a, None)
+            return _dense_full(a, mass, None)
         try:
             values, vectors = sla.eigsh(
                 ac, k=k, M=m, sigma=sigma, which="LM", OPinv=op, tol=0.0, v0=v0,
@@ -239,117 +276,8 @@ def _sparse_margin(
             raise SolverError(f"ARPACK did not converge for {k} modes: {exc}") from exc
         order = np.argsort(values)
         values, vectors = values[order], vectors[:, order]
-        n = _cut(values, lambda_max, cluster_rtol, scale)
-        if k - n >= max(16, n // 10):
+        n = cut_at_gap(values, lambda_max, cluster_rtol, scale)
+        if k - n >= (max(16, n // 10) if margin else 1):
             return values, vectors
-        log.debug("eigsh: %d modes leave no margin above %g, retrying", k, lambda_max)
+        log.debug("eigsh: %d modes do not cover the cut at %g, retrying", k, lambda_max)
         k = max(int(k * 1.5) + 8, int(n * 1.2) + 24)
-
-
-# ------------------------------------------------------------------ rotation solve
-def _block_shift(lam_all: np.ndarray, lo: float, hi: float, ceiling: float) -> float:
-    """A shift σ inside [lo, hi] (1/µs) in the middle of the widest nearby gap between
-    kept eigenvalues (so that A − σM is safely invertible), below ``ceiling``."""
-    target = 0.5 * (lo + hi)
-    j = int(np.searchsorted(lam_all, target))
-    cands = []
-    for i in range(max(j - 3, 1), min(j + 4, len(lam_all))):
-        a, b = lam_all[i - 1], lam_all[i]
-        if b > a:
-            cands.append((b - a, 0.5 * (a + b)))
-    if not cands:
-        return min(target, 0.5 * (hi + ceiling))
-    gap, mid = max(cands)
-    return float(min(mid, 0.5 * (hi + ceiling)))
-
-
-def _indefinite_factor(k: sp.spmatrix) -> sla.SuperLU:
-    """Sparse LU of a symmetric (possibly indefinite) matrix, threshold pivoting."""
-    return sla.splu(sp.csc_matrix(k), permc_spec="MMD_AT_PLUS_A", diag_pivot_thresh=0.1,
-                    options={"SymmetricMode": True})
-
-
-def rotation_solve(
-    spec: Spectrum,
-    fe: FEModel,
-    a: sp.spmatrix,
-    g: np.ndarray,
-    *,
-    rtol: float = 1e-12,
-    max_iter: int = 500,
-    block: int = 256,
-) -> tuple[np.ndarray, dict]:
-    """Y (N, n) with (A − λ_i M) y_i = Pᵀ g_i and y_i M-orthogonal to the kept modes.
-
-    ``g`` (N, n). Uses the spectral formula over the extra modes (exact when the spectrum
-    is complete) and, on the rest of the complement, preconditioned CG with the deflated
-    preconditioner P (A − σ_b M)⁻¹, one shift σ_b per block of columns, taken inside the
-    block's range of λ_i (the preconditioned spectrum (μ_j − λ_i)/(μ_j − σ_b) is then
-    close to 1: a few iterations).
-    """
-    lam = spec.values
-    x_e, mu = spec.extra_vectors, spec.extra_values
-    info: dict = {"method": "spectral" if spec.complete else "pcg"}
-    coef = x_e.T @ g  # (m, n)
-    coef /= mu[:, None] - lam[None, :]
-    y = x_e @ coef
-    if spec.complete:
-        return y, info
-    m = fe.mass
-    vv = np.concatenate([spec.vectors, x_e], axis=1)  # deflated basis
-
-    def proj_t(r: np.ndarray) -> np.ndarray:  # Pᵀ r = r − M V Vᵀ r
-        return r - m @ (vv @ (vv.T @ r))
-
-    def proj(z: np.ndarray) -> np.ndarray:  # P z = z − V Vᵀ M z
-        return z - vv @ (vv.T @ (m @ z))
-
-    mu_next = float(mu[-1]) if len(mu) else spec.next_value
-    ac = sp.csr_matrix(a)
-    iters, shifts = [], []
-    n_blocks = -(-len(lam) // block)
-    edges = np.linspace(0, len(lam), n_blocks + 1).round().astype(int)
-    for c0, c1 in zip(edges[:-1], edges[1:], strict=True):
-        cols = slice(int(c0), int(c1))
-        li = lam[cols][None, :]
-        sigma = _block_shift(lam, float(lam[cols][0]), float(lam[cols][-1]), mu_next)
-        try:
-            lu = _indefinite_factor(a - sigma * m)
-        except RuntimeError:  # pragma: no cover - exactly singular: fall back below 0
-            sigma = -0.25 * spec.lambda_max
-            lu = spd_factor(a - sigma * m)
-        shifts.append(sigma)
-        rhs = proj_t(g[:, cols])
-        x = np.zeros_like(rhs)
-        r = rhs.copy()
-        z = proj(lu.solve(r))
-        p = z.copy()
-        rz = np.einsum("ij,ij->j", r, z)
-        rz0 = np.where(rz > 0, rz, 1.0)
-        active = rz > 0
-        it = 0
-        while active.any() and it < max_iter:
-            it += 1
-            bp = ac @ p - (m @ p) * li
-            pbp = np.einsum("ij,ij->j", p, bp)
-            if np.any(pbp[active] <= 0):
-                raise SolverError("rotation solve: operator not positive on the complement "
-                                  "(the cut is not at a gap?)")
-            alpha = np.where(active, rz / np.where(pbp > 0, pbp, 1.0), 0.0)
-            x += alpha * p
-            r -= alpha * bp
-            # Deflated preconditioner P (A − σM)⁻¹: keeps the iterates in the complement
-            # and removes the kept modes near σ, where (A − σM)⁻¹ is large.
-            z = proj(lu.solve(r))
-            rz_new = np.einsum("ij,ij->j", r, z)
-            active = active & (np.abs(rz_new) > (rtol**2) * rz0)
-            beta = np.where(active, rz_new / np.where(rz != 0, rz, 1.0), 0.0)
-            p = z + beta * p
-            rz = rz_new
-        if active.any():
-            raise SolverError(f"rotation solve: CG did not converge in {max_iter} iterations")
-        iters.append(it)
-        y[:, cols] += proj(x)
-    info.update(cg_iterations=iters, shifts=shifts, deflated=len(mu),
-                mu_deflated_max=mu_next)
-    return y, info

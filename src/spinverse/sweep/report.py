@@ -158,9 +158,9 @@ def _f(x: Any, digits: int = 3) -> str:
 
 
 def _boxplots(path: Path, rows: list[dict], arms: list[str]) -> None:
-    from spinverse.viz.signals import _pyplot
+    from spinverse.viz.signals import pyplot
 
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(SCORES), figsize=(4.5 * len(SCORES), 3.6))
     for ax, (key, label) in zip(axes, SCORES, strict=True):
         data = [[r[key] for r in rows if r["arm"] == a and r[key] is not None] for a in arms]
@@ -177,9 +177,9 @@ def _surface_grid(path: Path, rows: list[dict], max_runs: int = 48) -> None:
     """Thumbnails of the recovered surfaces (barrier faces) of up to ``max_runs`` runs."""
     from mpl_toolkits.mplot3d.art3d import Poly3DCollection
 
-    from spinverse.viz.signals import _pyplot
+    from spinverse.viz.signals import pyplot
 
-    plt = _pyplot()
+    plt = pyplot()
     rows = sorted(rows, key=lambda r: (r["case"], r["arm"]))[:max_runs]
     ncol = min(8, len(rows))
     nrow = int(np.ceil(len(rows) / ncol))

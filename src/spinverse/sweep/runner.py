@@ -56,13 +56,11 @@ def _config(spec: RunSpec):
 
 def _target(spec: RunSpec):
     """(grid, Target, reference barrier faces or None) of a run's case."""
-    import numpy as np
-
-    from spinverse.recon.targets import Target
+    from spinverse.recon.targets import Target, reference_faces
 
     case = spec.case
     if isinstance(case, str):
-        from spinverse.recon.workflow import case_target
+        from spinverse.recon.targets import case_target
 
         return case_target(case, protocol=_protocol(spec))
     if isinstance(case, MeshCase):
@@ -72,13 +70,7 @@ def _target(spec: RunSpec):
         base = Path(spec.base_dir)
         grid = load_mesh(base / case.mesh).grid
         sig = load_signals(base / case.target)
-        reference = None
-        if sig.kappa is not None and sig.faces is not None:
-            idx = grid.face_index(sig.faces)
-            if np.all(idx >= 0) and len(idx) == grid.n_faces:
-                truth = np.empty(grid.n_faces)
-                truth[idx] = sig.kappa
-                reference = np.flatnonzero(truth < 1e-3)
+        reference = reference_faces(grid, sig.faces, sig.kappa)
         return grid, Target(sig.signal, sig.protocol, sig.outer_boundary), reference
     return _phantom_target(case, _protocol(spec))
 
@@ -131,17 +123,15 @@ def run_one(spec: RunSpec, out: str, *, figures: bool = True) -> dict[str, Any]:
     folder.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     try:
-        from spinverse.recon.noise import add_noise
-        from spinverse.recon.targets import Target
+        from spinverse.recon.targets import with_noise
         from spinverse.recon.workflow import reconstruct
 
         cfg = _config(spec)
         grid, target, reference = _target(spec)
         if spec.noise.kind != "none":
-            target = Target(add_noise(target.signal, snr=spec.noise.snr or 100.0,
-                                      kind=spec.noise.kind, seed=spec.seed),
-                            target.protocol, target.outer_boundary)
-        from spinverse.autodiff.functions import thread_limit
+            target = with_noise(target, kind=spec.noise.kind, snr=spec.noise.snr or 100.0,
+                                seed=spec.seed)
+        from spinverse.solvers.mf import thread_limit
 
         # one core per worker: BLAS and the propagators' worker threads both
         with threadpool_limits(limits=1, user_api="blas"), thread_limit(1):

@@ -9,12 +9,12 @@ from typing import Any
 import numpy as np
 
 from spinverse.mesh.grid import TetGrid
-from spinverse.viz.signals import _pyplot
+from spinverse.viz.signals import pyplot
 
 
 def plot_history(path: str | PathLike[str], history: list[dict[str, Any]]) -> Path:
     """Loss terms, barrier-face count and (when logged) F1 / bad-edge % per iteration."""
-    plt = _pyplot()
+    plt = pyplot()
     it = np.array([h["iteration"] for h in history])
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     ax = axes[0]
@@ -55,7 +55,7 @@ def plot_history(path: str | PathLike[str], history: list[dict[str, Any]]) -> Pa
 def plot_kappa_histogram(path: str | PathLike[str], kappa: np.ndarray,
                          threshold: float = 1e-3) -> Path:
     """Histogram of log10 κ (µm/µs) over the faces, with the barrier threshold."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.4))
     finite = kappa[np.isfinite(kappa) & (kappa > 0)]
     ax.hist(np.log10(finite), bins=60, color="C0")
@@ -74,7 +74,7 @@ def plot_surfaces(
     surfaces: dict[str, np.ndarray],
 ) -> Path:
     """3-D renderings side by side of barrier face sets (e.g. recovered and target)."""
-    plt = _pyplot()
+    plt = pyplot()
     from mpl_toolkits.mplot3d.art3d import Poly3DCollection
 
     n = len(surfaces)
@@ -114,7 +114,7 @@ def plot_search_history(path: str | PathLike[str], history: list[dict[str, Any]]
     """Best data loss against the number of shapes simulated (a marker per improvement,
     coloured by stage), and the losses of the ensemble and of the answer's single-tet
     neighbours."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
     ax = axes[0]
     sims = [h["simulations"] for h in history]
@@ -151,7 +151,7 @@ def plot_barrier_probability(path: str | PathLike[str], grid: TetGrid,
                              reference: np.ndarray | None = None) -> Path:
     """Faces with a non-zero barrier probability, coloured by it (3-D, two views), and
     the reference surface when known."""
-    plt = _pyplot()
+    plt = pyplot()
     import matplotlib
     from matplotlib import cm
     from mpl_toolkits.mplot3d.art3d import Poly3DCollection
@@ -193,7 +193,7 @@ def plot_barrier_probability(path: str | PathLike[str], grid: TetGrid,
 def plot_permeability_fit(path: str | PathLike[str], target: Any, fit: Any) -> Path:
     """The data loss against log10 κ (the scan and the fit, with its CRLB ±2σ band when
     known) beside the measured and fitted normalised signals."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
     ax = axes[0]
     ax.semilogy(fit.scan["log10_kappa"], np.maximum(fit.scan["data_loss"], 1e-30), "o-",

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from os import PathLike
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from spinverse.acquisition.protocol import Protocol
 
 
-def _pyplot():
+def pyplot() -> Any:
+    """matplotlib.pyplot on the non-interactive Agg backend (imported lazily: the
+    ``plot`` extra)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -41,7 +44,7 @@ def plot_signals(
     the first is drawn with markers, the others with lines, for ``n_directions`` evenly
     chosen gradient directions (colours).
     """
-    plt = _pyplot()
+    plt = pyplot()
     b = protocol.bvalues
     zero = int(np.argmin(b))
     dirs = np.unique(np.linspace(0, protocol.n_directions - 1, n_directions).astype(int))

@@ -63,15 +63,12 @@ class RegionModel:
         return (np.abs(t.signal) / t.s0[:, None, :]).ravel()
 
     def signal(self, inside: np.ndarray) -> np.ndarray:
-        """(n_seq · n_b · n_dir,) |S| / S0_target of a region (one BLAS thread)."""
-        from threadpoolctl import threadpool_limits
-
+        """(n_seq · n_b · n_dir,) |S| / S0_target of a region (one thread)."""
         from spinverse.forward import simulate_signal
 
         t = self.target
-        with threadpool_limits(limits=1, user_api="blas"):
-            s = simulate_signal(self.grid, self.space.kappa(inside), t.protocol,
-                                outer_boundary=t.outer_boundary).signal
+        s = simulate_signal(self.grid, self.space.kappa(inside), t.protocol,
+                            outer_boundary=t.outer_boundary, n_threads=1).signal
         return (np.abs(s) / t.s0[:, None, :]).ravel()
 
     def residual_weights(self) -> np.ndarray:
