@@ -27,6 +27,7 @@ from spinverse.acquisition.protocol import (
     protocol_to_dict,
     published_protocol,
     save_protocol,
+    sequence_config,
 )
 from spinverse.acquisition.sequences import (
     PGSE,
@@ -35,6 +36,7 @@ from spinverse.acquisition.sequences import (
     DoublePGSE,
     PiecewiseConstant,
     Sequence,
+    register_sequence,
     sequence_from_dict,
 )
 
@@ -64,6 +66,8 @@ __all__ = [
     "read_bvals_bvecs",
     "read_bvecs",
     "save_protocol",
+    "register_sequence",
+    "sequence_config",
     "sequence_from_dict",
     "write_bvals_bvecs",
 ]

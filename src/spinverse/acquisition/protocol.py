@@ -66,6 +66,7 @@ __all__ = [
     "Protocol",
     "published_protocol",
     "ProtocolConfig",
+    "sequence_config",
     "PGSEConfig",
     "DoublePGSEConfig",
     "CosOGSEConfig",
