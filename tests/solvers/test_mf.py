@@ -14,7 +14,7 @@ from spinverse.mesh.generators import bcc_grid, box_grid
 from spinverse.mesh.grid import TetGrid
 from spinverse.mesh.phantoms import Cylinder, Sphere, voxelise
 from spinverse.mesh.refine import refine, refine_kappa
-from spinverse.solvers import exact as ex
+from spinverse.solvers import reference as ex
 from spinverse.solvers.mf import reduce_model, sequence_signal
 
 D = 2e-3

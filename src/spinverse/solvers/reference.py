@@ -1,4 +1,5 @@
-"""Exact (analytic) matrix-formalism PGSE signals for domains with known Laplace eigenfunctions.
+"""The analytic reference: exact matrix-formalism PGSE signals for domains with known Laplace
+eigenfunctions (slab, two permeable slabs, disk, ball), the simulator's cross-check.
 
 Units: length µm, time µs, diffusivity D µm²/µs, permeability κ µm/µs, eigenvalues λ 1/µs,
 b-values s/mm² (numerically equal to µs/µm², so b·D is dimensionless), q = γG 1/(µm·µs).

@@ -1,4 +1,4 @@
-"""Exact matrix-formalism signals (spinverse.solvers.exact) against ../shared/validation.
+"""Exact matrix-formalism signals (spinverse.solvers.reference) against ../shared/validation.
 
 Units: µm, µs, D in µm²/µs, κ in µm/µs, b in s/mm² (= µs/µm²), λ in 1/µs.
 
@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from scipy import linalg, special
 
 from spinverse.errors import ProtocolError
-from spinverse.solvers import exact as ex
+from spinverse.solvers import reference as ex
 
 JSON_PATH = Path(__file__).resolve().parents[3] / "shared" / "validation" / "exact_signals.json"
 
