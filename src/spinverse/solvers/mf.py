@@ -241,21 +241,12 @@ class ForwardState:
         return self.model.fe
 
 
-def forward(
-    grid: TetGrid,
-    kappa: np.ndarray,
-    protocol: Protocol,
-    *,
-    outer_boundary: str = "reflecting",
-    eig_method: str = "auto",
-    cluster_rtol: float = 1e-6,
-    tol: float = DEFAULT_TOL,
-    cache: SimulationCache | None = None,
-    k_guess: int | None = None,
-    n_threads: int | None = None,
-    keep: bool = False,
-    basis: np.ndarray | None = None,
-) -> tuple[np.ndarray, ForwardState]:
+def forward(grid: TetGrid, kappa: np.ndarray, protocol: Protocol, *,
+            outer_boundary: str = "reflecting", eig_method: str = "auto",
+            cluster_rtol: float = 1e-6, tol: float = DEFAULT_TOL,
+            cache: SimulationCache | None = None, k_guess: int | None = None,
+            n_threads: int | None = None, keep: bool = False,
+            basis: np.ndarray | None = None) -> tuple[np.ndarray, ForwardState]:
     """S (n_seq, n_b, n_dir) complex µm³ for per-face κ (µm/µs), and the forward state.
 
     ``keep``: keep what a reverse mode needs (tapes, modes above the cut). ``basis``
