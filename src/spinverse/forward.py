@@ -10,6 +10,7 @@ solver is a function with the :class:`Solver` signature, added with
 
 from __future__ import annotations
 
+import inspect
 import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -78,6 +79,8 @@ def _timestep(grid: TetGrid, kappa: np.ndarray, protocol: AcquisitionProtocol, *
                             n_dofs=fe.n_dofs)
 
 
+_COMMON = {"grid", "kappa", "protocol", "outer_boundary"}
+
 #: Forward solvers by name.
 SOLVERS: dict[str, Solver] = {"mf": _mf, "timestep": _timestep}
 
@@ -105,13 +108,14 @@ def simulate_signal(grid: TetGrid, kappa: np.ndarray, protocol: AcquisitionProto
         raise SolverError(f"unknown solver {solver!r}; choose one of {tuple(SOLVERS)}")
     t0 = time.perf_counter()
     k = check_kappa(grid, kappa, outer_boundary)
-    try:
-        result = SOLVERS[solver](grid, k, protocol, outer_boundary=outer_boundary, **options)
-    except TypeError as exc:
-        if "unexpected keyword" not in str(exc):
-            raise
-        raise SolverError(f"solver {solver!r} does not take these options: "
-                          f"{sorted(options)}") from None
+    fn = SOLVERS[solver]
+    params = inspect.signature(fn).parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        unknown = sorted(set(options) - set(params))
+        if unknown:
+            raise SolverError(f"solver {solver!r} takes no option {', '.join(unknown)}; its "
+                              f"options: {', '.join(sorted(set(params) - _COMMON)) or 'none'}")
+    result = fn(grid, k, protocol, outer_boundary=outer_boundary, **options)
     if not np.all(np.isfinite(result.signal)):
         raise SolverError(f"the {solver} solver produced a non-finite signal")
     return SimulationResult(
