@@ -38,7 +38,6 @@ from spinverse.solvers.mf import (
     propagator_threads,
     thread_limit,
 )
-from spinverse.solvers.reduced import SMOOTH_WAVEFORM_SEGMENT_US
 
 __all__ = ["SimulationCache", "SimulationInfo", "simulate", "thread_limit"]
 
@@ -68,12 +67,11 @@ def backward_numpy(state: ForwardState, sbar: np.ndarray, *, correction: bool = 
                 if not np.any(sbar[i]):
                     continue
                 q = np.asarray(prot.q(i), dtype=float)
-                if state.tapes[i].kind == "pgse":
-                    pgse_vjp(red, seq.delta, seq.Delta, q, dirs, state.tapes[i],  # type: ignore[attr-defined]
-                             sbar[i], acc)
+                tape = state.tapes[i]
+                if tape.segments is None:  # PGSE
+                    pgse_vjp(red, seq.delta, seq.Delta, q, dirs, tape, sbar[i], acc)  # type: ignore[attr-defined]
                 else:
-                    segs = seq.piecewise(SMOOTH_WAVEFORM_SEGMENT_US)
-                    segments_vjp(red, segs, q, dirs, sbar[i], acc)
+                    segments_vjp(red, tape.segments, q, dirs, sbar[i], acc)
         lam_bar, w_bar, nu0_bar = acc.symmetric()
         t1 = time.perf_counter()
         with blas(state.n_threads, red.n >= THREADED_MIN_MODES):

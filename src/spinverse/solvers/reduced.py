@@ -57,12 +57,14 @@ class SequenceTape:
     """What the forward pass of one sequence keeps for its reverse mode.
 
     ``u`` (G, C, n) first-pulse states of the q > 0 columns per direction chunk (PGSE),
-    ``tapes`` one :class:`ChebyshevTape` per direction chunk (None: recomputed).
+    ``tapes`` one :class:`ChebyshevTape` per direction chunk (None: recomputed),
+    ``segments`` the piecewise-constant waveform of a non-PGSE sequence.
     """
 
     kind: str
     u: list[np.ndarray] | None = None
     tapes: list[ChebyshevTape] | None = None
+    segments: Segments | None = None  # the waveform propagated ("segments" kind)
 
 
 class ReducedModel:
@@ -271,8 +273,8 @@ class ReducedModel:
         dirs = np.asarray(dirs, dtype=float)
         if isinstance(seq, PGSE):  # closed-form fast path: one action per column
             return self.pgse_forward(seq.delta, seq.Delta, q, dirs, keep)
-        return (self.segments_forward(seq.piecewise(SMOOTH_WAVEFORM_SEGMENT_US), q, dirs),
-                SequenceTape("segments"))
+        segs = seq.piecewise(SMOOTH_WAVEFORM_SEGMENT_US)
+        return self.segments_forward(segs, q, dirs), SequenceTape("segments", segments=segs)
 
 
 def clean_segments(segments: Segments) -> Segments:
