@@ -58,16 +58,19 @@ class Solver(Protocol):
 
 def _mf(grid: TetGrid, kappa: np.ndarray, protocol: AcquisitionProtocol, *,
         outer_boundary: str, eig_method: str = "auto", cluster_rtol: float = 1e-6,
-        n_threads: int | None = None) -> SimulationResult:
+        n_threads: int | None = None, propagator: str = "auto") -> SimulationResult:
     from spinverse.solvers.mf import forward
 
     signal, state = forward(grid, kappa, protocol, outer_boundary=outer_boundary,
                             eig_method=eig_method, cluster_rtol=cluster_rtol,
-                            n_threads=n_threads)
+                            n_threads=n_threads, propagator=propagator)
     info = state.info
+    full = info.propagator == "fullspace"
     return SimulationResult(signal=signal, solver="mf", outer_boundary=outer_boundary,
-                            n_dofs=info.n_dofs, n_modes=info.n_modes,
-                            eigen_gap=info.eigen_gap, info={"timings": info.timings})
+                            n_dofs=info.n_dofs, n_modes=None if full else info.n_modes,
+                            eigen_gap=None if full else info.eigen_gap,
+                            info={"timings": info.timings, "propagator": info.propagator,
+                                  **info.details})
 
 
 def _timestep(grid: TetGrid, kappa: np.ndarray, protocol: AcquisitionProtocol, *,
@@ -101,7 +104,8 @@ def simulate_signal(grid: TetGrid, kappa: np.ndarray, protocol: AcquisitionProto
     Faces with κ = ∞ are continuous (merged nodes), κ = 0 seals a face. ``outer_boundary``
     is ``"reflecting"`` (Neumann, default) or ``"robin"`` (outer faces leak with their κ;
     the published method's convention). ``options`` go to the solver: ``"mf"`` takes
-    ``eig_method`` (auto/dense/sparse), ``cluster_rtol`` and ``n_threads``;
+    ``eig_method`` (auto/dense/sparse), ``cluster_rtol``, ``n_threads`` and
+    ``propagator`` (auto/eigen/fullspace, see :func:`spinverse.simulate`);
     ``"timestep"`` takes ``dt_us`` (µs).
     """
     if solver not in SOLVERS:

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from spinverse.acquisition.protocol import Protocol
+from spinverse.autodiff.fullspace import fullspace_backward
 from spinverse.autodiff.vjp import (
     FluxBlocks,
     ReducedCotangents,
@@ -28,6 +29,7 @@ from spinverse.autodiff.vjp import (
 )
 from spinverse.mesh.grid import TetGrid
 from spinverse.solvers.chebyshev import DEFAULT_TOL
+from spinverse.solvers.fullspace import FullSpaceState
 from spinverse.solvers.mf import (
     THREADED_MIN_MODES,
     ForwardState,
@@ -50,12 +52,18 @@ def _flux_blocks(state: ForwardState) -> FluxBlocks:
     return blocks
 
 
-def backward_numpy(state: ForwardState, sbar: np.ndarray, *, correction: bool = True
-                   ) -> np.ndarray:
+def backward_numpy(state: ForwardState | FullSpaceState, sbar: np.ndarray, *,
+                   correction: bool = True) -> np.ndarray:
     """(F,) ∂L/∂κ_f (grid face order) given S̄ (n_seq, n_b, n_dir) with δL = Re Σ conj(S̄)δS.
 
     ``correction=False``: the frozen-basis gradient (diagnostics; always so for a state
-    computed on a frozen basis)."""
+    computed on a frozen basis; no effect on a full-space state)."""
+    if isinstance(state, FullSpaceState):
+        t0 = time.perf_counter()
+        grad, info = fullspace_backward(state, sbar)
+        info["fullspace_s"] = time.perf_counter() - t0
+        state.info.backward = info  # type: ignore[attr-defined]
+        return grad
     red, prot = state.reduced, state.protocol
     t0 = time.perf_counter()
     sbar = np.asarray(sbar, dtype=complex)
@@ -114,7 +122,7 @@ def simulate(grid: TetGrid, kappa: torch.Tensor, protocol: Protocol, *,
              cluster_rtol: float = 1e-6, tol: float = DEFAULT_TOL,
              cache: SimulationCache | None = None, k_guess: int | None = None,
              n_threads: int | None = None, correction: bool = True,
-             basis: np.ndarray | None = None) -> torch.Tensor:
+             basis: np.ndarray | None = None, propagator: str = "auto") -> torch.Tensor:
     """Differentiable signal S (n_sequences, n_bvalues, n_directions), complex128, µm³.
 
     ``kappa``: float64 tensor (F,) of per-face permeabilities in µm/µs, in ``grid.faces``
@@ -136,7 +144,12 @@ def simulate(grid: TetGrid, kappa: torch.Tensor, protocol: Protocol, *,
     diagnostics only), ``basis``: (N, m) M-orthonormal vectors, e.g. ``cache.vectors``
     of an earlier call, to skip the eigen-solve and use the Galerkin model on that frozen
     basis (:func:`ritz_spectrum`; the published method's "eigenbasis refreshed every k
-    iterations"); the gradient is then exact for that restricted model.
+    iterations"); the gradient is then exact for that restricted model. ``propagator``:
+    ``"eigen"`` (the above), ``"fullspace"`` (:mod:`spinverse.solvers.fullspace`: no
+    eigenmodes, the untruncated FE model; its cost follows ρτ, not the number of modes,
+    which suits intermediate κ on fine grids; every face must be finite) or ``"auto"``
+    (default: eigen up to 8 000 unknowns, else the cheaper by a cost model; a ``cache``
+    keeps the first choice, so an optimisation never switches model).
 
     Cost: one eigen-solve (dense LAPACK when many modes are kept, else shift-invert
     Lanczos) and one batched Chebyshev pass per sequence forward; the backward pass
@@ -152,7 +165,7 @@ def simulate(grid: TetGrid, kappa: torch.Tensor, protocol: Protocol, *,
         "correction": correction,
         "kwargs": dict(outer_boundary=outer_boundary, eig_method=eig_method,
                        cluster_rtol=cluster_rtol, tol=tol, cache=cache, k_guess=k_guess,
-                       n_threads=n_threads, basis=basis),
+                       n_threads=n_threads, basis=basis, propagator=propagator),
     }
     return _SimulateFunction.apply(kappa, opts)
 

@@ -4,8 +4,11 @@ One pipeline serves every caller (``spinverse simulate``, targets, the fit, repo
 the differentiable :func:`spinverse.simulate`): assemble A(κ) = K + Q(κ) (the per-grid FE
 model is cached), eigen-solve against M and cut at λ_max = Dπ²/ℓ² at a spectral gap
 (:mod:`spinverse.solvers.spectrum`), project J_d and ρ = 1 on the kept modes and propagate
-every sequence there (:mod:`spinverse.solvers.reduced`). :func:`forward` returns the
-signal and the state the reverse mode (:mod:`spinverse.autodiff`) reuses.
+every sequence there (:mod:`spinverse.solvers.reduced`). Where that needs many modes
+(intermediate κ on fine grids), the full-space propagator
+(:mod:`spinverse.solvers.fullspace`: no eigenmodes, the untruncated FE model) is chosen
+by a cost model (``propagator="auto"``). :func:`forward` returns the signal and the state
+the reverse mode (:mod:`spinverse.autodiff`) reuses.
 
 Units: κ µm/µs, S µm³, b s/mm², times µs, λ 1/µs.
 """
@@ -30,11 +33,15 @@ from spinverse.errors import SolverError
 from spinverse.fem.assembly import FEModel, check_kappa
 from spinverse.mesh.grid import TetGrid
 from spinverse.solvers.chebyshev import DEFAULT_TOL
+from spinverse.solvers.fullspace import FullSpaceModel, FullSpaceState, fullspace_signal
 from spinverse.solvers.reduced import ReducedModel, SequenceTape
 from spinverse.solvers.spectrum import (
+    DENSE_FRACTION,
+    DENSE_MAX_DOFS,
     Spectrum,
     blas_threads,
     block_mass_inverse_factor,
+    count_below,
     solve_spectrum,
 )
 
@@ -107,6 +114,8 @@ class SimulationInfo:
     eig_method: str
     timings: dict[str, float] = field(default_factory=dict)
     backward: dict[str, Any] = field(default_factory=dict)
+    propagator: str = "eigen"
+    details: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(eq=False)
@@ -124,7 +133,9 @@ class SimulationCache:
     """Reusable state for repeated simulations (optimisation loops).
 
     Keeps the assembled FE models (per grid, D, boundary mode and set of κ = ∞ faces),
-    the last number of kept modes (``k_guess`` of the sparse eigen-solver), the kept
+    the propagator ``"auto"`` chose on the first call (``propagator``: kept, so that one
+    optimisation never switches between the truncated and the full model), the last
+    number of kept modes (``k_guess`` of the sparse eigen-solver), the kept
     eigenvectors of the last eigen-solve (``vectors``, (N, n), M-orthonormal: a basis to
     freeze with ``basis=...``) and the :class:`SimulationInfo` of the last call (``last``).
     """
@@ -135,6 +146,7 @@ class SimulationCache:
         self.k_guess: int | None = None
         self.vectors: np.ndarray | None = None
         self.last: SimulationInfo | None = None
+        self.propagator: str | None = None  # the first "auto" choice, then kept
 
     def model(self, grid: TetGrid, kappa: np.ndarray, diffusivity: float,
               outer_boundary: str) -> CachedModel:
@@ -221,6 +233,44 @@ def mf_signal(reduced: ReducedModel, protocol: Protocol) -> np.ndarray:
                      for i, seq in enumerate(protocol.sequences)])
 
 
+# ---------------------------------------------------------------- propagator choice
+#: Propagators of :func:`forward`.
+PROPAGATORS = ("auto", "eigen", "fullspace")
+#: ``"auto"`` keeps the eigen path up to this many unknowns (the benchmark grid: the
+#: published method's truncated model, and cheap there at any κ).
+AUTO_MIN_DOFS = 8000
+#: Cost model, seconds per unit on the 2-core development machine (forward only):
+#: full space per (nnz of A × real column × Chebyshev step), dense eigen per N³, sparse
+#: eigen per (N k² + columns × k² × 80); the backward pass costs ``_GRAD`` × forward.
+_C_FULL, _C_DENSE, _C_SPARSE = 4e-10, 2e-10, 5e-9
+_GRAD = {"fullspace": 2.5, "dense": 1.2, "sparse": 2.5}
+
+
+def choose_propagator(fe: FEModel, linv: sp.spmatrix | None, kappa: np.ndarray, a: Any,
+                      protocol: Protocol, *, keep: bool = False, k_guess: int | None = None,
+                      ) -> tuple[str, FullSpaceModel | None, dict[str, float]]:
+    """("eigen" | "fullspace", the full-space model if built, the estimated seconds).
+
+    Full space: Chebyshev steps from the spectral bound ρ (a Lanczos estimate) and the
+    protocol; eigen: the number of modes below λ_max by Sylvester's law of inertia (one
+    sparse LDLᵀ), dense or sparse as :func:`solve_spectrum` would choose."""
+    n = fe.n_dofs
+    if n <= AUTO_MIN_DOFS or linv is None:
+        return "eigen", None, {}
+    full = FullSpaceModel.build(fe, linv, kappa, a=a)
+    t_full = _C_FULL * a.nnz * full.work(protocol) * (_GRAD["fullspace"] if keep else 1.0)
+    modes = count_below(a, fe.mass, protocol.lambda_max)
+    modes = n if modes is None else modes
+    n_cols = protocol.n_sequences * protocol.n_bvalues * protocol.n_directions
+    if modes > DENSE_FRACTION * n and n <= DENSE_MAX_DOFS:
+        t_eig = _C_DENSE * float(n) ** 3 * (_GRAD["dense"] if keep else 1.0)
+    else:
+        t_eig = _C_SPARSE * (n + 80.0 * n_cols) * float(modes) ** 2 * (
+            _GRAD["sparse"] if keep else 1.0)
+    est = {"fullspace_s": t_full, "eigen_s": t_eig, "modes_below": float(modes)}
+    return ("fullspace" if t_full < t_eig else "eigen"), full, est
+
+
 # -------------------------------------------------------------------------- forward
 @dataclass(eq=False)
 class ForwardState:
@@ -246,14 +296,20 @@ def forward(grid: TetGrid, kappa: np.ndarray, protocol: Protocol, *,
             cluster_rtol: float = 1e-6, tol: float = DEFAULT_TOL,
             cache: SimulationCache | None = None, k_guess: int | None = None,
             n_threads: int | None = None, keep: bool = False,
-            basis: np.ndarray | None = None) -> tuple[np.ndarray, ForwardState]:
+            basis: np.ndarray | None = None, propagator: str = "auto",
+            ) -> tuple[np.ndarray, ForwardState | FullSpaceState]:
     """S (n_seq, n_b, n_dir) complex µm³ for per-face κ (µm/µs), and the forward state.
 
     ``keep``: keep what a reverse mode needs (tapes, modes above the cut). ``basis``
     (N, m): skip the eigen-solve and use the Galerkin model on that frozen basis
     (:func:`ritz_spectrum`). ``cache``: reused per-grid work and solver state (default:
-    only the grid's FE model is reused). Other options as :func:`spinverse.simulate`.
+    only the grid's FE model is reused). ``propagator``: ``"eigen"`` (matrix formalism
+    cut at λ_max), ``"fullspace"`` (no eigenmodes, untruncated) or ``"auto"`` (eigen up
+    to :data:`AUTO_MIN_DOFS` unknowns, else the cheaper by :func:`choose_propagator`;
+    kept in ``cache`` after its first call). Other options as :func:`spinverse.simulate`.
     """
+    if propagator not in PROPAGATORS:
+        raise SolverError(f"unknown propagator {propagator!r}; choose one of {PROPAGATORS}")
     cache = cache if cache is not None else SimulationCache(shared=True)
     nthr = resolve_threads(n_threads)
     timings: dict[str, float] = {}
@@ -265,6 +321,34 @@ def forward(grid: TetGrid, kappa: np.ndarray, protocol: Protocol, *,
         a = fe.operator(k)
         t1 = time.perf_counter()
         timings["assemble"] = t1 - t0
+        choice, full, details = propagator, None, {}
+        if choice == "auto":
+            if basis is not None:
+                choice = "eigen"
+            elif cache.propagator is not None:
+                choice = cache.propagator
+            else:
+                choice, full, details = choose_propagator(fe, model.linv, k, a, protocol,
+                                                          keep=keep, k_guess=cache.k_guess)
+                cache.propagator = choice
+                timings["choose"] = time.perf_counter() - t1
+        if choice == "fullspace":
+            if basis is not None:
+                raise SolverError("a frozen basis needs the eigen propagator")
+            out, fstate = fullspace_signal(fe, model.linv, k, protocol, n_threads=nthr,
+                                           keep=keep, a=a, model=full)
+            timings.update(setup=fstate.info["setup_s"], propagate=fstate.info["propagate_s"])
+            info = SimulationInfo(
+                outer_boundary=outer_boundary, n_dofs=fe.n_dofs, n_modes=0,
+                eigen_gap=float("nan"), next_value=float("nan"), eig_method="none",
+                timings=timings, propagator="fullspace",
+                details={**details, "rho": fstate.info["rho"],
+                         "degrees": fstate.info["degrees"]})
+            if not np.all(np.isfinite(out)):
+                raise SolverError("the full-space propagator produced a non-finite signal")
+            cache.last = info
+            fstate.info = info  # type: ignore[assignment]
+            return out, fstate
         if basis is None:
             spec = solve_spectrum(
                 a, fe.mass, protocol.lambda_max, method=eig_method, cluster_rtol=cluster_rtol,
@@ -296,7 +380,7 @@ def forward(grid: TetGrid, kappa: np.ndarray, protocol: Protocol, *,
     info = SimulationInfo(
         outer_boundary=outer_boundary, n_dofs=fe.n_dofs, n_modes=spec.n_modes,
         eigen_gap=spec.gap, next_value=spec.next_value, eig_method=spec.method,
-        timings=timings,
+        timings=timings, details=details,
     )
     cache.last = info
     state = ForwardState(model, a, spec, red, tapes, protocol, info, nthr, basis is not None)
