@@ -35,6 +35,12 @@ class Solver(StrEnum):
     timestep = "timestep"
 
 
+class Propagator(StrEnum):
+    auto = "auto"
+    eigen = "eigen"
+    fullspace = "fullspace"
+
+
 def fail(message: str) -> None:
     """Print one error line and exit with code 2."""
     typer.echo(f"error: {message}", err=True)
@@ -112,6 +118,12 @@ def simulate(
                      "faces on an original face keep its κ; new faces get 0.1 µm/µs with "
                      "--case, else --kappa-default. Same surfaces, finer discretisation."),
     ] = 0,
+    propagator: Annotated[
+        Propagator,
+        typer.Option(help="mf solver: eigen (modes cut at λ_max), fullspace (no eigenmodes, "
+                     "untruncated; every face finite) or auto (eigen up to 8 000 unknowns, "
+                     "else the cheaper by a cost model)."),
+    ] = Propagator.auto,
 ) -> None:
     """Simulate the complex signal S (µm³) of a grid with per-face permeability."""
     from spinverse.acquisition.protocol import load_protocol, published_protocol
@@ -130,8 +142,11 @@ def simulate(
     boundary = (outer_boundary.value if outer_boundary is not None
                 else ("robin" if case_name else "reflecting"))
     try:
+        opts = {"propagator": propagator.value} if solver is Solver.mf else {}
+        if solver is not Solver.mf and propagator is not Propagator.auto:
+            fail("--propagator belongs to the mf solver")
         result = simulate_signal(grid, kappa, prot, outer_boundary=boundary,
-                                 solver=solver.value)
+                                 solver=solver.value, **opts)
     except PermeabilityError as exc:  # κ comes from the MESH file: name it
         raise PermeabilityError(exc.message, source=exc.source or source,
                                 field=exc.field) from None
@@ -142,6 +157,8 @@ def simulate(
         mesh_source=source, case=case_name or "", refine=refine,
     )
     modes = f", {result.n_modes} modes" if result.n_modes is not None else ""
+    if result.info.get("propagator") == "fullspace":
+        modes = ", full-space propagator"
     typer.echo(
         f"{out}: signal {result.signal.shape} (sequences, b-values, directions), "
         f"{result.n_dofs} unknowns{modes}, {boundary} outer boundary, "
@@ -268,6 +285,13 @@ def reconstruct(
     iterations: Annotated[int | None, typer.Option(
         help="Gradient method (implies --preset published without --config): scale every "
              "stage to about this many iterations in all.")] = None,
+    refine: Annotated[int, typer.Option(
+        min=0, max=3, help="Coarse-to-fine: after the fit, continue on the grid refined this "
+                           "many times (1:8 each) by gradient descent from the transferred "
+                           "answer; results in OUT/refined, µm surface metrics against the "
+                           "reference in OUT/coarse_to_fine.json.")] = 0,
+    refine_iterations: Annotated[int, typer.Option(
+        min=1, help="Gradient iterations of the fine stage (--refine).")] = 20,
     bvals: Annotated[Path | None, typer.Option(
         help="FSL bvals (s/mm²) of a NIfTI --target.")] = None,
     bvecs: Annotated[Path | None, typer.Option(help="FSL bvecs of a NIfTI --target.")] = None,
@@ -314,7 +338,7 @@ def reconstruct(
             if config is None and isinstance(cfg, ReconConfig):  # one measured sequence
                 cfg = no_curriculum(cfg, sequences="all")
             _run_reconstruction(the_grid, tgt, out, cfg, None, outer_boundary, noise, snr,
-                                seed, str(target), quiet)
+                                seed, str(target), quiet, refine=(refine, refine_iterations))
             return
         sig = load_signals(target)
         the_grid = load_mesh(grid).grid
@@ -326,12 +350,13 @@ def reconstruct(
         tgt = Target(sig.signal, prot, sig.outer_boundary)
         reference = reference_faces(the_grid, sig.faces, sig.kappa, cfg.threshold)
     _run_reconstruction(the_grid, tgt, out, cfg, reference, outer_boundary, noise, snr,
-                        seed, case or "", quiet, refine_target)
+                        seed, case or "", quiet, refine_target,
+                        refine=(refine, refine_iterations))
 
 
 def _run_reconstruction(the_grid, tgt, out: Path, cfg, reference, outer_boundary,
                         noise, snr: float | None, seed: int, label: str, quiet: bool,
-                        refine_target: int = 0) -> None:
+                        refine_target: int = 0, refine: tuple[int, int] = (0, 20)) -> None:
     from spinverse.recon.targets import Target, with_noise
     from spinverse.recon.workflow import reconstruct as run_reconstruction
 
@@ -347,8 +372,9 @@ def _run_reconstruction(the_grid, tgt, out: Path, cfg, reference, outer_boundary
              "snr": snr, "seed": seed, "target_refine": refine_target}
     rec, metrics = run_reconstruction(the_grid, tgt, out, config=cfg,
                                       reference_faces=reference, progress=not quiet,
-                                      extra=extra)
-    typer.echo(_summary(out, rec, metrics))
+                                      extra=extra, refine=refine[0],
+                                      refine_iterations=refine[1])
+    typer.echo(_summary(out / "refined" if refine[0] else out, rec, metrics))
 
 
 def _is_nifti(path: Path) -> bool:
@@ -381,6 +407,17 @@ def _nifti_target(image: Path, bvals: Path | None, bvecs: Path | None, voxel: st
 
 
 def _summary(out: Path, rec, metrics: dict) -> str:
+    surf = metrics.get("surface_um") or {}
+    if surf:  # coarse-to-fine run
+        coarse = metrics.get("coarse_data_loss", float("nan"))
+        lines = [f"{out}: {len(rec.barrier)} barrier faces on the refined grid, data loss "
+                 f"{rec.data_loss:.3g} (coarse {coarse:.3g})"]
+        for k in ("coarse", "fine"):
+            m = surf[k]
+            lines.append(f"  {k:6s}: Chamfer {m['chamfer_um']:.2f} µm, Hausdorff "
+                         f"{m['hausdorff_um']:.2f} µm, volume error "
+                         f"{100 * m['volume_error_rel']:+.1f} %")
+        return "\n".join(lines)
     search = metrics.get("method") == "search"
     what = f"{metrics.get('simulations', 0)} shapes simulated" if search else "gradient fit"
     lines = [f"{out}: {len(rec.barrier)} barrier faces, data loss {rec.data_loss:.3g}, "

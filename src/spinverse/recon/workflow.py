@@ -29,25 +29,82 @@ def reconstruct(
     progress: bool = True,
     figures: bool = True,
     extra: dict[str, Any] | None = None,
+    refine: int = 0,
+    refine_iterations: int = 20,
 ) -> tuple[Reconstruction, dict[str, Any]]:
     """Fit ``target`` and write RUN_DIR (κ, surface, metrics, log, config, figures).
 
     ``config``: a :class:`SearchConfig` (the whole-shape search, the default) or a
-    :class:`ReconConfig` (gradient descent on per-face κ, e.g. the published preset)."""
+    :class:`ReconConfig` (gradient descent on per-face κ, e.g. the published preset).
+    ``refine`` > 0: then continue on the grid refined that many times (1:8 each) for
+    ``refine_iterations`` gradient iterations from the transferred answer, written to
+    RUN_DIR/refined (:mod:`spinverse.recon.coarse_to_fine`); the returned reconstruction
+    and metrics are then the fine ones."""
     from spinverse.recon.outputs import write_outputs
 
     cfg = config if config is not None else SearchConfig()
     if isinstance(cfg, SearchConfig):
-        return _search(grid, target, Path(run_dir), cfg, reference_faces, progress, figures,
-                       extra)
-    run = Path(run_dir)
-    rec = Reconstructor(grid, target, cfg, progress=progress,
-                        reference_faces=reference_faces).fit(run)
-    fitted = simulate_signal(grid, rec.kappa, target.protocol,
+        rec, metrics = _search(grid, target, Path(run_dir), cfg, reference_faces, progress,
+                               figures, extra)
+    else:
+        run = Path(run_dir)
+        rec = Reconstructor(grid, target, cfg, progress=progress,
+                            reference_faces=reference_faces).fit(run)
+        fitted = simulate_signal(grid, rec.kappa, target.protocol,
+                                 outer_boundary=target.outer_boundary).signal
+        metrics = write_outputs(run, grid, rec, target, threshold=cfg.threshold,
+                                fitted_signal=fitted, reference_faces=reference_faces,
+                                extra=extra, figures=figures)
+    if refine:
+        return _refine(grid, target, Path(run_dir), rec, metrics, refine, refine_iterations,
+                       reference_faces, progress, figures, extra, cfg)
+    return rec, metrics
+
+
+def _refine(grid: TetGrid, target: Target, run: Path, coarse: Reconstruction,
+            coarse_metrics: dict[str, Any], levels: int, iterations: int,
+            reference_faces: np.ndarray | None, progress: bool, figures: bool,
+            extra: dict[str, Any] | None, cfg: ReconConfig | SearchConfig,
+            ) -> tuple[Reconstruction, dict[str, Any]]:
+    """The fine stage of a coarse-to-fine run, in RUN/refined."""
+    import json
+
+    from spinverse.mesh.refine import coarse_face_of
+    from spinverse.recon.coarse_to_fine import fine_config, refine_answer, surface_metrics
+    from spinverse.recon.outputs import write_outputs
+
+    out = run / "refined"
+    out.mkdir(parents=True, exist_ok=True)
+    fine, k0 = refine_answer(grid, coarse.kappa, levels)
+    start = out / "start_kappa.npz"
+    np.savez_compressed(start, kappa=k0, faces=fine.grid.faces)
+    fcfg = fine_config(start.resolve(), iterations, seed=getattr(cfg, "seed", 0))
+    ref_fine = None
+    if reference_faces is not None:
+        src = coarse_face_of(fine, grid)
+        ref_fine = np.flatnonzero(np.isin(src, reference_faces) & (src >= 0))
+    log.info("coarse-to-fine: %d → %d tets, %d iterations", grid.n_tets, fine.grid.n_tets,
+             iterations)
+    rec = Reconstructor(fine.grid, target, fcfg, progress=progress,
+                        reference_faces=ref_fine).fit(out)
+    fitted = simulate_signal(fine.grid, rec.kappa, target.protocol,
                              outer_boundary=target.outer_boundary).signal
-    metrics = write_outputs(run, grid, rec, target, threshold=cfg.threshold,
-                            fitted_signal=fitted, reference_faces=reference_faces,
-                            extra=extra, figures=figures)
+    surf: dict[str, Any] = {}
+    if reference_faces is not None:
+        surf = {"coarse": surface_metrics(grid, coarse.barrier, grid, reference_faces),
+                "transferred": surface_metrics(fine.grid, np.flatnonzero(k0 < fcfg.threshold),
+                                               grid, reference_faces),
+                "fine": surface_metrics(fine.grid, rec.barrier, grid, reference_faces)}
+    more = {**(extra or {}), "refine": levels, "refine_iterations": iterations,
+            "coarse_data_loss": coarse.data_loss, "surface_um": surf}
+    metrics = write_outputs(out, fine.grid, rec, target, threshold=fcfg.threshold,
+                            fitted_signal=fitted, reference_faces=ref_fine, extra=more,
+                            figures=figures)
+    coarse_metrics["refined"] = {"surface_um": surf, "data_loss": rec.data_loss}
+    (run / "coarse_to_fine.json").write_text(json.dumps(
+        {"coarse_data_loss": coarse.data_loss, "fine_data_loss": rec.data_loss,
+         "surface_um": surf, "fine_tets": fine.grid.n_tets, "iterations": iterations},
+        indent=1), encoding="utf-8")
     return rec, metrics
 
 

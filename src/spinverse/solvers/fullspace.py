@@ -146,7 +146,10 @@ class FullSpaceModel:
             vals = alpha * self.a.values()
             rows = torch.repeat_interleave(torch.arange(self.n), crow[1:] - crow[:-1])
             vals = torch.where(rows == col, vals - alpha * 0.5 * self.rho, vals)
-            hit = torch.sparse_csr_tensor(crow, col, vals, size=(self.n, self.n))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                hit = torch.sparse_csr_tensor(crow, col, vals, size=(self.n, self.n),
+                                              check_invariants=False)
             if len(self._scaled) > 8:
                 self._scaled.clear()
             self._scaled[key] = hit
