@@ -4,14 +4,16 @@ One PGSE sequence (δ = 10 ms, Δ = 60 ms), 6 b-values (0…5000 s/mm²) × 30 F
 directions, D = 2e-3 µm²/µs, ℓ = 2 µm, Robin outer faces; loss = ``signal_loss`` against
 a fixed target. Grids ``bcc_grid(n)`` (n = 4 is the benchmark grid) over the benchmark
 box; states ``truth`` (a voxelised sphere of radius 10 µm: κ = 1e-5 on its faces, 0.1
-elsewhere) and ``uniform`` (κ = 1e-3 µm/µs on every face: every tet nearly its own
+elsewhere; on ``r1``, the benchmark grid refined 1:8, case 018 carried over) and
+``uniform`` (κ = 1e-3 µm/µs on every face: every tet nearly its own
 compartment, the eigen path's worst case). Each (grid, state, propagator) runs in its own
 subprocess (peak RSS = its ``ru_maxrss``), on 2 threads. A row whose cost-model estimate
 exceeds ``--budget`` seconds is not run (its estimate is printed). ``--fd`` adds a
 central finite-difference check of the full-space gradient (ρ held fixed) along a random
 direction on the given grids.
 
-Usage: ``python benchmarks/fine_grid.py [--grids 4,6,8,12] [--budget 900] [--fd 4,6]``;
+Usage: ``python benchmarks/fine_grid.py [--grids 4,6,8,12,r1] [--budget 900] [--fd 4,6]``
+(a grid ``rN``: the benchmark grid refined N times);
 writes ``fine_grid.json`` next to this file.
 """
 
@@ -28,7 +30,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 
-def _setup(n: int, state: str):
+def _setup(n: int | str, state: str):
     import numpy as np
 
     from spinverse.acquisition.directions import fibonacci_directions
@@ -39,7 +41,15 @@ def _setup(n: int, state: str):
 
     prot = Protocol(2e-3, 2.0, np.arange(0.0, 5001.0, 1000.0), fibonacci_directions(30),
                     (PGSE(10_000.0, 60_000.0),))
-    grid = bcc_grid(n)
+    if str(n).startswith("r"):  # the benchmark grid refined: case 018 carried over
+        from spinverse.mesh.benchmark import benchmark_grid, case_kappa
+        from spinverse.mesh.phantoms import OTHER_KAPPA
+        from spinverse.recon.targets import refined_model
+
+        grid, kappa = refined_model(benchmark_grid(), case_kappa("018"), int(str(n)[1:]),
+                                    new_faces=OTHER_KAPPA)
+        return grid, (np.full(grid.n_faces, 1e-3) if state == "uniform" else kappa), prot
+    grid = bcc_grid(int(n))
     if state == "uniform":
         kappa = np.full(grid.n_faces, 1e-3)
     else:
@@ -48,7 +58,7 @@ def _setup(n: int, state: str):
     return grid, kappa, prot
 
 
-def estimate(n: int, state: str) -> dict:
+def estimate(n: int | str, state: str) -> dict:
     """The cost model's estimates (s, forward + gradient) for both propagators."""
     from spinverse.solvers import mf
     from spinverse.solvers.mf import SimulationCache, choose_propagator
@@ -64,7 +74,7 @@ def estimate(n: int, state: str) -> dict:
     return {"choice": choice, **est}
 
 
-def run(n: int, state: str, propagator: str) -> dict:
+def run(n: int | str, state: str, propagator: str) -> dict:
     """Forward + backward in this process; peak RSS."""
     import resource
 
@@ -88,7 +98,8 @@ def run(n: int, state: str, propagator: str) -> dict:
     t2 = time.perf_counter()
     info = cache.last
     assert info is not None
-    return {"n_cubes": n, "state": state, "propagator": propagator, "n_tets": grid.n_tets,
+    return {"n_cubes": _label(n), "state": state, "propagator": propagator,
+            "n_tets": grid.n_tets,
             "n_dofs": info.n_dofs, "n_modes": info.n_modes, "details": info.details,
             "eig_method": info.eig_method, "forward_s": t1 - t0, "backward_s": t2 - t1,
             "total_s": t2 - t0, "backward": {k: v for k, v in info.backward.items()
@@ -98,7 +109,7 @@ def run(n: int, state: str, propagator: str) -> dict:
             "baseline_rss_mb": base}
 
 
-def fd(n: int, state: str) -> dict:
+def fd(n: int | str, state: str) -> dict:
     """Central FD of the full-space signal along a random κ direction (ρ fixed)."""
     import numpy as np
 
@@ -121,8 +132,13 @@ def fd(n: int, state: str) -> dict:
                                   n_threads=2)
         f = float(np.real(np.sum(np.conj(sbar) * (sp_ - sm_))) / (2 * eps))
         rows.append({"eps": eps, "fd": f, "rel_error": abs(f - grad @ d) / abs(f)})
-    return {"n_cubes": n, "state": state, "analytic": float(grad @ d), "fd": rows,
+    return {"n_cubes": _label(n), "state": state, "analytic": float(grad @ d), "fd": rows,
             "drift": info["drift"], "best_rel_error": min(r["rel_error"] for r in rows)}
+
+
+def _label(n: int | str) -> int | str:
+    """The grid's label: n (int) for bcc_grid(n), "rN" for the refined benchmark grid."""
+    return int(n) if str(n).isdigit() else str(n)
 
 
 def _sub(args: list[str], timeout: float) -> dict:
@@ -149,8 +165,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.job:
         kind, n, state, *rest = args.job.split(":")
-        fn = {"run": lambda: run(int(n), state, rest[0]), "est": lambda: estimate(int(n), state),
-              "fd": lambda: fd(int(n), state)}[kind]
+        fn = {"run": lambda: run(n, state, rest[0]), "est": lambda: estimate(n, state),
+              "fd": lambda: fd(n, state)}[kind]
         print(json.dumps(fn()))
         return
     rows: list[dict] = []
@@ -160,24 +176,24 @@ def main() -> None:
     def save() -> None:
         out.write_text(json.dumps({"machine": meta, "results": rows}, indent=1))
 
-    for n in (int(x) for x in args.grids.split(",")):
+    for n in args.grids.split(","):
         for state in args.states.split(","):
             est = _sub(["--job", f"est:{n}:{state}"], 1800)
             for prop in args.propagators.split(","):
                 guess = est.get(f"{prop}_s")
                 if guess is not None and guess > args.budget:
-                    row = {"n_cubes": n, "state": state, "propagator": prop,
+                    row = {"n_cubes": _label(n), "state": state, "propagator": prop,
                            "skipped": f"estimate {guess:.0f} s > budget", "estimate": est}
                 else:
                     t0 = time.perf_counter()
-                    row = {"n_cubes": n, "state": state, "propagator": prop,
+                    row = {"n_cubes": _label(n), "state": state, "propagator": prop,
                            **_sub(["--job", f"run:{n}:{state}:{prop}"], 3 * args.budget),
                            "estimate": est, "wall_s": time.perf_counter() - t0,
                            "loadavg": os.getloadavg()[0]}
                 rows.append(row)
                 _print(row)
                 save()
-    for n in (int(x) for x in args.fd.split(",") if x):
+    for n in (x for x in args.fd.split(",") if x):
         for state in args.states.split(","):
             row = {"fd_check": True, **_sub(["--job", f"fd:{n}:{state}"], 3600)}
             rows.append(row)
@@ -188,7 +204,7 @@ def main() -> None:
 
 
 def _print(r: dict) -> None:
-    head = f"BCC {r['n_cubes']:2d} {r['state']:7s} {r['propagator']:9s}"
+    head = f"grid {str(r['n_cubes']):>3s} {r['state']:7s} {r['propagator']:9s}"
     if "skipped" in r or "error" in r:
         print(f"{head} {r.get('skipped') or r['error'].splitlines()[-1]}", flush=True)
         return

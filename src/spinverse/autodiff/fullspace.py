@@ -112,37 +112,76 @@ def _recurrence_vjp(ex: Expansion, tape: tuple, dual: torch.Tensor, gacc: torch.
 
 def _stored_vjp(ex: Expansion, v: torch.Tensor, dual: torch.Tensor, gacc: torch.Tensor
                 ) -> torch.Tensor:
-    """Clenshaw dual recurrence against stored forward vectors t_0 … t_{K−1}, recomputed
-    from the substep input ``v`` for as many columns as :data:`TAPE_BYTES` holds."""
+    """Clenshaw dual recurrence against forward vectors recomputed from the substep input
+    ``v`` with checkpoints: a first pass keeps (t_s, t_{s+1}) every m ≈ √K steps, then each
+    stretch of m vectors is recomputed from its checkpoint and consumed backwards. About
+    3√K stored vectors per column, as many columns at a time as :data:`TAPE_BYTES`
+    holds."""
     n, ncol = v.shape[0], v.shape[1] // 2
     c = ex.coeffs
     kdeg = ex.degree
     scale = ex.alpha
-    width = max(1, int(TAPE_BYTES // (kdeg * n * 16)))
+    m = max(1, int(np.ceil(np.sqrt(kdeg))))
+    n_vec = 2 * (-(-kdeg // m)) + m + 6
+    width = max(1, int(TAPE_BYTES // (n_vec * n * 16)))
     out = torch.empty_like(v)
     for s0 in range(0, ncol, width):
         sl = slice(s0, min(ncol, s0 + width))
         idx = torch.cat([torch.arange(sl.start, sl.stop), ncol + torch.arange(sl.start, sl.stop)])
         sub = ex.columns(sl)
         vs = v[:, idx].contiguous()
-        store = torch.empty((kdeg, n, len(idx)), dtype=torch.float64)
-        sub._step(vs, store)
+        ckpt = _checkpoints(sub, vs, m)
         yhat = sub.times_factor(dual[:, idx].contiguous(), True)
         b_next2: torch.Tensor | None = None
         b_next = yhat * float(c[kdeg])
         spare = torch.empty_like(vs)
-        for k in range(kdeg - 1, 0, -1):
-            torch.sparse.sampled_addmm(gacc, b_next, store[k].T, beta=1.0,
-                                       alpha=2.0 * scale, out=gacc)
-            b_k = sub.twice_z_minus(b_next, b_next2, True, spare)
-            b_k.add_(yhat, alpha=float(c[k]))
-            spare = b_next2 if b_next2 is not None else torch.empty_like(vs)
-            b_next2, b_next = b_next, b_k
-        torch.sparse.sampled_addmm(gacc, b_next, store[0].T, beta=1.0, alpha=scale, out=gacc)
+        store = torch.empty((m, n, len(idx)), dtype=torch.float64)
+        for start in range((kdeg - 1) // m * m, -1, -m):
+            stop = min(start + m, kdeg)
+            t_s, t_s1 = ckpt[start]
+            store[0].copy_(t_s)
+            if stop - start > 1:
+                store[1].copy_(t_s1)
+            for j in range(2, stop - start):
+                sub.twice_z_minus(store[j - 1], store[j - 2], False, store[j])
+            for k in range(stop - 1, start - 1, -1):
+                t_k = store[k - start]
+                if k == 0:
+                    torch.sparse.sampled_addmm(gacc, b_next, t_k.T, beta=1.0, alpha=scale,
+                                               out=gacc)
+                    break
+                torch.sparse.sampled_addmm(gacc, b_next, t_k.T, beta=1.0, alpha=2.0 * scale,
+                                           out=gacc)
+                b_k = sub.twice_z_minus(b_next, b_next2, True, spare)
+                b_k.add_(yhat, alpha=float(c[k]))
+                spare = b_next2 if b_next2 is not None else torch.empty_like(vs)
+                b_next2, b_next = b_next, b_k
         o = sub.twice_z_minus(b_next, b_next2, True, spare, two=1.0)
         o.add_(yhat, alpha=float(c[0]))
         out[:, idx] = o
     return out
+
+
+def _checkpoints(ex: Expansion, v: torch.Tensor, m: int
+                 ) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+    """{s: (t_s, t_{s+1})} for s = 0, m, 2m, … < K of the forward recurrence from v."""
+    kdeg = ex.degree
+    t_prev = v
+    t_cur = ex.twice_z_minus(v, None, False, torch.empty_like(v), two=1.0)
+    ckpt = {0: (v, t_cur)}
+    spare = torch.empty_like(v)
+    for j in range(1, kdeg):  # produces t_{j+1}; afterwards (t_prev, t_cur) = (t_j, t_{j+1})
+        t_next = ex.twice_z_minus(t_cur, t_prev, False, spare)
+        spare = t_prev if (t_prev is not v and not _kept(ckpt, t_prev)) \
+            else torch.empty_like(v)
+        t_prev, t_cur = t_cur, t_next
+        if j % m == 0:
+            ckpt[j] = (t_prev, t_cur)
+    return ckpt
+
+
+def _kept(ckpt: dict, t: torch.Tensor) -> bool:
+    return any(t is a or t is b for a, b in ckpt.values())
 
 
 def _tape_vjp(state: FullSpaceState, tp: FullSpaceTape, col_bar: np.ndarray,

@@ -243,7 +243,7 @@ AUTO_MIN_DOFS = 8000
 #: full space per (nnz of A × real column × Chebyshev step), dense eigen per N³, sparse
 #: eigen per (N k² + columns × k² × 80); the backward pass costs ``_GRAD`` × forward.
 _C_FULL, _C_DENSE, _C_SPARSE = 4e-10, 2e-10, 5e-9
-_GRAD = {"fullspace": 2.5, "dense": 1.2, "sparse": 2.5}
+_GRAD = {"fullspace": 3.0, "dense": 1.2, "sparse": 2.5}
 
 
 def choose_propagator(fe: FEModel, linv: sp.spmatrix | None, kappa: np.ndarray, a: Any,
