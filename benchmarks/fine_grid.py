@@ -161,6 +161,7 @@ def main() -> None:
                     help="skip rows whose estimate exceeds this (s)")
     ap.add_argument("--fd", default="4,6", help="grids for the FD check ('' for none)")
     ap.add_argument("--out", default=str(HERE / "fine_grid.json"))
+    ap.add_argument("--fresh", action="store_true", help="drop earlier rows in --out")
     ap.add_argument("--job", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.job:
@@ -172,11 +173,20 @@ def main() -> None:
     rows: list[dict] = []
     out = Path(args.out)
     meta = {"cpus": len(os.sched_getaffinity(0)), "loadavg_start": os.getloadavg()}
+    kept: list[dict] = []
+    if out.exists() and not args.fresh:  # keep the rows of an earlier run not redone
+        kept = json.loads(out.read_text()).get("results", [])
+
+    def key(r: dict) -> tuple:
+        return (str(r.get("n_cubes")), r.get("state"), r.get("propagator"),
+                bool(r.get("fd_check")))
 
     def save() -> None:
-        out.write_text(json.dumps({"machine": meta, "results": rows}, indent=1))
+        done = {key(r) for r in rows}
+        merged = [r for r in kept if key(r) not in done] + rows
+        out.write_text(json.dumps({"machine": meta, "results": merged}, indent=1))
 
-    for n in args.grids.split(","):
+    for n in (x for x in args.grids.split(",") if x):
         for state in args.states.split(","):
             est = _sub(["--job", f"est:{n}:{state}"], 1800)
             for prop in args.propagators.split(","):
@@ -206,7 +216,8 @@ def main() -> None:
 def _print(r: dict) -> None:
     head = f"grid {str(r['n_cubes']):>3s} {r['state']:7s} {r['propagator']:9s}"
     if "skipped" in r or "error" in r:
-        print(f"{head} {r.get('skipped') or r['error'].splitlines()[-1]}", flush=True)
+        msg = r.get("skipped") or (r["error"].strip().splitlines() or ["failed"])[-1]
+        print(f"{head} {msg}", flush=True)
         return
     print(f"{head} N={r['n_dofs']:6d} modes={r['n_modes']:5d} fwd {r['forward_s']:7.1f} s "
           f"bwd {r['backward_s']:7.1f} s total {r['total_s']:7.1f} s peak "

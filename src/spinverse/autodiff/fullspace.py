@@ -34,6 +34,8 @@ from spinverse.solvers.fullspace import (
 
 #: Largest relative drift of the backwards-recomputed forward vectors accepted.
 MAX_DRIFT = 1e-9
+#: Below this many columns per block, storing every vector gives way to checkpoints.
+FULL_STORE_MIN_COLUMNS = 4
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -113,15 +115,18 @@ def _recurrence_vjp(ex: Expansion, tape: tuple, dual: torch.Tensor, gacc: torch.
 def _stored_vjp(ex: Expansion, v: torch.Tensor, dual: torch.Tensor, gacc: torch.Tensor
                 ) -> torch.Tensor:
     """Clenshaw dual recurrence against forward vectors recomputed from the substep input
-    ``v`` with checkpoints: a first pass keeps (t_s, t_{s+1}) every m ≈ √K steps, then each
-    stretch of m vectors is recomputed from its checkpoint and consumed backwards. About
-    3√K stored vectors per column, as many columns at a time as :data:`TAPE_BYTES`
-    holds."""
+    ``v``: all K of them when that leaves at least :data:`FULL_STORE_MIN_COLUMNS` columns
+    per block within :data:`TAPE_BYTES`; else with checkpoints (a first pass keeps
+    (t_s, t_{s+1}) every m ≈ √K steps, then each stretch of m vectors is recomputed from
+    its checkpoint and consumed backwards: about 3√K vectors per column, one more pass)."""
     n, ncol = v.shape[0], v.shape[1] // 2
     c = ex.coeffs
     kdeg = ex.degree
     scale = ex.alpha
-    m = max(1, int(np.ceil(np.sqrt(kdeg))))
+    if TAPE_BYTES // (kdeg * n * 16) >= FULL_STORE_MIN_COLUMNS:
+        m = kdeg  # every vector fits for enough columns: one recomputation, no checkpoints
+    else:
+        m = max(1, int(np.ceil(np.sqrt(kdeg))))
     n_vec = 2 * (-(-kdeg // m)) + m + 6
     width = max(1, int(TAPE_BYTES // (n_vec * n * 16)))
     out = torch.empty_like(v)
@@ -169,6 +174,8 @@ def _checkpoints(ex: Expansion, v: torch.Tensor, m: int
     t_prev = v
     t_cur = ex.twice_z_minus(v, None, False, torch.empty_like(v), two=1.0)
     ckpt = {0: (v, t_cur)}
+    if m >= kdeg:
+        return ckpt
     spare = torch.empty_like(v)
     for j in range(1, kdeg):  # produces t_{j+1}; afterwards (t_prev, t_cur) = (t_j, t_{j+1})
         t_next = ex.twice_z_minus(t_cur, t_prev, False, spare)

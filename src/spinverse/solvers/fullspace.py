@@ -55,7 +55,7 @@ RHO_MARGIN = 1.05
 BLOCK_BYTES = 96 * 2**20
 #: Bytes the reverse mode may use to store the vectors of one expansion (it works on
 #: as many columns at a time as fit).
-TAPE_BYTES = 512 * 2**20
+TAPE_BYTES = 384 * 2**20
 
 
 def torch_csr(m: sp.spmatrix) -> torch.Tensor:
