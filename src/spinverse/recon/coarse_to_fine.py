@@ -17,7 +17,6 @@ Units: µm, µm³, κ µm/µs.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +28,7 @@ from spinverse.mesh.refine import RefinedGrid, refine, refine_kappa
 from spinverse.recon.config import ReconConfig, published_preset
 from spinverse.recon.metrics import closed_surface, enclosed_volume
 
-__all__ = ["FineStage", "fine_config", "refine_answer", "sample_surface", "surface_metrics"]
+__all__ = ["fine_config", "refine_answer", "sample_surface", "surface_metrics"]
 
 #: Spacing (µm) of the points sampled on a surface for the µm metrics.
 SAMPLE_SPACING_UM = 0.25
@@ -99,15 +98,3 @@ def fine_config(start_file: str | Path, iterations: int, *, seed: int = 0,
     param = cfg.parameterisation.model_copy(update={"start": "file",
                                                     "start_file": str(start_file)})
     return cfg.model_copy(update={"stages": [stage], "parameterisation": param, "seed": seed})
-
-
-@dataclass
-class FineStage:
-    """What the fine stage produced: its grid, the transferred start and the answer."""
-
-    refined: RefinedGrid
-    start_kappa: np.ndarray
-    kappa: np.ndarray
-    barrier: np.ndarray
-    data_loss: float
-    seconds: float
