@@ -19,8 +19,6 @@ Units: κ µm/µs, S µm³, τ µs.
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import torch
 
@@ -29,6 +27,7 @@ from spinverse.solvers.fullspace import (
     Expansion,
     FullSpaceState,
     FullSpaceTape,
+    csr_tensor,
     torch_threads,
 )
 
@@ -72,14 +71,8 @@ def _step_vjp(ex: Expansion, tape: tuple, dual: torch.Tensor, gacc: torch.Tensor
 
 
 def _zero_pattern(gacc: torch.Tensor) -> torch.Tensor:
-    return _csr(gacc.crow_indices(), gacc.col_indices(), torch.zeros_like(gacc.values()),
+    return csr_tensor(gacc.crow_indices(), gacc.col_indices(), torch.zeros_like(gacc.values()),
                 gacc.shape)
-
-
-def _csr(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, shape) -> torch.Tensor:
-    with warnings.catch_warnings():  # "sparse CSR support is in beta"
-        warnings.simplefilter("ignore", UserWarning)
-        return torch.sparse_csr_tensor(crow, col, values, size=shape, check_invariants=False)
 
 
 def _recurrence_vjp(ex: Expansion, tape: tuple, dual: torch.Tensor, gacc: torch.Tensor
@@ -220,7 +213,7 @@ def fullspace_backward(state: FullSpaceState, sbar: np.ndarray) -> tuple[np.ndar
     sbar = np.asarray(sbar, dtype=complex)
     n_dir = state.protocol.n_directions
     with torch_threads(state.n_threads):
-        gacc = _csr(torch.from_numpy(fe.flux_indptr.astype(np.int64)),
+        gacc = csr_tensor(torch.from_numpy(fe.flux_indptr.astype(np.int64)),
                     torch.from_numpy(fe.flux_cols.astype(np.int64)),
                     torch.zeros(len(fe.flux_cols), dtype=torch.float64), (n, n))
         drift = 0.0

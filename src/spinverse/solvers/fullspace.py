@@ -58,16 +58,22 @@ BLOCK_BYTES = 96 * 2**20
 TAPE_BYTES = 384 * 2**20
 
 
+def csr_tensor(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor,
+               shape: tuple[int, int]) -> torch.Tensor:
+    """A float64 torch CSR tensor from its index and value arrays (sorted indices)."""
+    with warnings.catch_warnings():  # "sparse CSR support is in beta"
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.sparse_csr_tensor(crow, col, values, size=shape, dtype=torch.float64,
+                                       check_invariants=False)
+
+
 def torch_csr(m: sp.spmatrix) -> torch.Tensor:
     """A SciPy sparse matrix as a float64 torch CSR tensor (sorted indices)."""
     c = sp.csr_matrix(m, dtype=np.float64)
     c.sort_indices()
-    with warnings.catch_warnings():  # "sparse CSR support is in beta"
-        warnings.simplefilter("ignore", UserWarning)
-        return torch.sparse_csr_tensor(
-            torch.from_numpy(c.indptr.astype(np.int64)),
-            torch.from_numpy(c.indices.astype(np.int64)), torch.from_numpy(c.data),
-            size=c.shape, dtype=torch.float64, check_invariants=False)
+    return csr_tensor(torch.from_numpy(c.indptr.astype(np.int64)),
+                      torch.from_numpy(c.indices.astype(np.int64)), torch.from_numpy(c.data),
+                      c.shape)
 
 
 @contextmanager
@@ -146,10 +152,7 @@ class FullSpaceModel:
             vals = alpha * self.a.values()
             rows = torch.repeat_interleave(torch.arange(self.n), crow[1:] - crow[:-1])
             vals = torch.where(rows == col, vals - alpha * 0.5 * self.rho, vals)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", UserWarning)
-                hit = torch.sparse_csr_tensor(crow, col, vals, size=(self.n, self.n),
-                                              check_invariants=False)
+            hit = csr_tensor(crow, col, vals, (self.n, self.n))
             if len(self._scaled) > 8:
                 self._scaled.clear()
             self._scaled[key] = hit
