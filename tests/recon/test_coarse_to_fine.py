@@ -1,19 +1,26 @@
-"""Coarse-to-fine pieces: the transfer to the refined grid and the µm surface metrics."""
+"""Coarse-to-fine pieces: the transfer to the refined grid, the µm surface metrics, the
+refined continuous-tissue shape model, the pool and the fine search."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from spinverse.mesh.benchmark import benchmark_grid, case_barrier, case_kappa
+from spinverse.mesh.benchmark import benchmark_grid, case_barrier, case_kappa, enclosed_tets
+from spinverse.mesh.refine import refine
 from spinverse.recon.coarse_to_fine import (
-    fine_config,
+    fine_search,
     refine_answer,
     sample_surface,
+    shape_pool,
     surface_metrics,
 )
 from spinverse.recon.metrics import enclosed_volume
+from spinverse.recon.search import Evaluator, RegionModel, RegionSpace
+from spinverse.recon.targets import case_target
+from tests.recon.test_workflow import SMALL
 
 GRID = benchmark_grid()
 
@@ -59,8 +66,93 @@ def test_samples_cover_each_triangle(faces: list[int], spacing: float) -> None:
     assert np.allclose(cen, tri.mean(axis=1))
 
 
-def test_fine_config(tmp_path) -> None:
-    cfg = fine_config(tmp_path / "k.npz", 7, seed=3)
-    assert cfg.parameterisation.start == "file"
-    assert cfg.stages[0].sequences == "all" and cfg.stages[0].iterations == 7
-    assert cfg.seed == 3 and cfg.total_iterations == 7
+TRUTH = enclosed_tets(GRID, case_barrier("018"))
+
+
+def test_refined_continuous_model_kappa() -> None:
+    """A region scored on the refined grid: its membrane split 1:4 at the membrane κ,
+    every other inner face continuous (∞), outer faces finite (the Robin leak)."""
+    space = RegionSpace(GRID)
+    fine = refine(GRID, 1)
+    grid, k = RegionModel(space, None, refined=fine, continuous=True).simulation(TRUTH)
+    assert grid is fine.grid
+    membrane = np.flatnonzero(k == space.membrane_kappa)
+    assert len(membrane) == 4 * int(space.membrane(TRUTH).sum())
+    inner = ~grid.is_outer & (k != space.membrane_kappa)
+    assert np.all(np.isinf(k[inner]))
+    assert np.all(np.isfinite(k[grid.is_outer]))
+    _, k0 = RegionModel(space, None).simulation(TRUTH)  # the coarse benchmark convention
+    assert set(np.unique(k0)) == {space.membrane_kappa, space.other_kappa}
+
+
+def test_refined_model_reproduces_the_refined_target() -> None:
+    """The truth region scored on the refined continuous model is the refined target
+    itself (two routes to one simulation: loss at round-off), and scores worse on the
+    coarse grid (the coarse grid's own error)."""
+    grid, target, _ = case_target("018", protocol=SMALL, refine=1,
+                                  outer_boundary="reflecting")
+    space = RegionSpace(grid)
+    fine = Evaluator(RegionModel(space, target, refined=refine(grid, 1), continuous=True))
+    coarse = Evaluator(RegionModel(space, target))
+    assert fine.loss(TRUTH) < 1e-12
+    assert coarse.loss(TRUTH) > 1e-6
+
+
+def test_continuous_tissue_is_the_open_limit() -> None:
+    """κ = ∞ off the membrane (merged nodes) is the limit of large finite κ: the signal
+    at κ = 1e3 µm/µs differs by less than 1e-5 relative."""
+    from spinverse.forward import simulate_signal
+    from spinverse.recon.targets import continuous_tissue
+
+    k = case_kappa("018")
+    sig = [simulate_signal(GRID, kk, SMALL, outer_boundary="reflecting").signal
+           for kk in (continuous_tissue(GRID, k, 0.1),
+                      np.where(k >= 0.1, 1e3, k))]
+    assert np.abs(sig[0] - sig[1]).max() < 1e-5 * np.abs(sig[0]).max()
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.lists(st.booleans(), min_size=6, max_size=6), min_size=1, max_size=12),
+       st.integers(1, 6), st.integers(1, 3))
+def test_shape_pool(regions: list[list[bool]], size: int, distance: int) -> None:
+    """Lowest losses first, at most ``size``, kept shapes pairwise ≥ ``distance`` apart,
+    and nothing skipped that was far enough from every shape kept before it."""
+    arr = [np.array(r) for r in regions]
+    losses = np.arange(len(arr), dtype=float)[::-1]  # the last region is the best
+    pool = shape_pool(arr, losses, size, min_distance=distance)
+    assert 1 <= len(pool) <= size
+    assert np.array_equal(pool[0], arr[-1])
+    for i, a in enumerate(pool):
+        for b in pool[:i]:
+            assert (a != b).sum() >= distance
+    if len(pool) < size:  # every region is within reach of a kept one
+        for r in arr:
+            assert any((r != p).sum() < distance for p in pool)
+
+
+def test_fine_search_improves_on_its_pool() -> None:
+    """The truth and a shape 2 tets off, rescored against a refined target: the fine
+    stage's answer is at most the pool's best fine loss, its rows record both, and the
+    truth's fine loss is reported."""
+    grid, target, _ = case_target("018", protocol=SMALL, refine=1,
+                                  outer_boundary="reflecting")
+    space = RegionSpace(grid)
+    off = TRUTH.copy()
+    b = space.boundary_tets(TRUTH)
+    off[b[~TRUTH[b]][:2]] = True
+    res = fine_search(grid, target, [off, TRUTH], levels=1, budget=1, workers=1,
+                      coarse_losses=np.array([0.1, 0.2]), reference_region=TRUTH)
+    fine = [row["fine_loss"] for row in res.pool]
+    assert res.pool[0]["coarse_loss"] == 0.1 and res.pool[1]["tets"] == TRUTH.sum()
+    assert res.data_loss <= min(fine)
+    assert fine[1] < 1e-12 and res.info["truth_loss"] == fine[1]  # exact at refine 1
+    assert res.data_loss < 1e-12 and np.array_equal(res.region, TRUTH)
+    assert res.refined.grid.n_tets == 8 * GRID.n_tets
+
+
+def test_fine_search_rejects_bad_input() -> None:
+    grid, target, _ = case_target("018", protocol=SMALL)
+    with pytest.raises(ValueError, match="empty"):
+        fine_search(grid, target, [], levels=1)
+    with pytest.raises(ValueError, match="levels"):
+        fine_search(grid, target, [TRUTH], levels=0)

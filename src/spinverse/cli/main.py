@@ -278,20 +278,23 @@ def reconstruct(
     seed: Annotated[int, typer.Option(help="Noise and initialisation seed.")] = 0,
     case: Annotated[str | None, typer.Option(
         help="Reconstruct a public benchmark case (simulated with the published protocol "
-             "and the reference-compatible Robin boundary).")] = None,
+             "and the reference-compatible Robin boundary, or --outer-boundary).")] = None,
     refine_target: Annotated[int, typer.Option(
         min=0, help="With --case: simulate the target on the benchmark grid refined this "
-                    "many times (1:8 per level), so it is not an inverse crime.")] = 0,
+                    "many times (1:8 per level, continuous tissue off the barrier), so it "
+                    "is not an inverse crime.")] = 0,
     iterations: Annotated[int | None, typer.Option(
         help="Gradient method (implies --preset published without --config): scale every "
              "stage to about this many iterations in all.")] = None,
     refine: Annotated[int, typer.Option(
-        min=0, max=3, help="Coarse-to-fine: after the fit, continue on the grid refined this "
-                           "many times (1:8 each) by gradient descent from the transferred "
-                           "answer; results in OUT/refined, µm surface metrics against the "
+        min=0, max=2, help="Coarse-to-fine: after the fit, rescore the best distinct shapes "
+                           "on the grid refined this many times (1:8 each, continuous "
+                           "tissue off the membrane) and search on from the best there; "
+                           "results in OUT/refined, µm surface metrics against the "
                            "reference in OUT/coarse_to_fine.json.")] = 0,
-    refine_iterations: Annotated[int, typer.Option(
-        min=1, help="Gradient iterations of the fine stage (--refine).")] = 20,
+    refine_budget: Annotated[int, typer.Option(
+        min=1, help="Distinct shapes the fine stage (--refine) may simulate beyond the "
+                    "rescored ones (≈ 1–5 s each on one core at --refine 1).")] = 400,
     bvals: Annotated[Path | None, typer.Option(
         help="FSL bvals (s/mm²) of a NIfTI --target.")] = None,
     bvecs: Annotated[Path | None, typer.Option(help="FSL bvecs of a NIfTI --target.")] = None,
@@ -319,7 +322,9 @@ def reconstruct(
     if case is not None:
         if target is not None or grid is not None:
             fail("--case replaces --target and --grid; give one or the other")
-        the_grid, tgt, reference = case_target(case, refine=refine_target)
+        the_grid, tgt, reference = case_target(
+            case, refine=refine_target,
+            outer_boundary=outer_boundary.value if outer_boundary else "robin")
     else:
         if target is None or grid is None:
             fail("give --target SIGNALS.npz and --grid GRID.npz (or --case NAME)")
@@ -338,7 +343,7 @@ def reconstruct(
             if config is None and isinstance(cfg, ReconConfig):  # one measured sequence
                 cfg = no_curriculum(cfg, sequences="all")
             _run_reconstruction(the_grid, tgt, out, cfg, None, outer_boundary, noise, snr,
-                                seed, str(target), quiet, refine=(refine, refine_iterations))
+                                seed, str(target), quiet, refine=(refine, refine_budget))
             return
         sig = load_signals(target)
         the_grid = load_mesh(grid).grid
@@ -351,12 +356,12 @@ def reconstruct(
         reference = reference_faces(the_grid, sig.faces, sig.kappa, cfg.threshold)
     _run_reconstruction(the_grid, tgt, out, cfg, reference, outer_boundary, noise, snr,
                         seed, case or "", quiet, refine_target,
-                        refine=(refine, refine_iterations))
+                        refine=(refine, refine_budget))
 
 
 def _run_reconstruction(the_grid, tgt, out: Path, cfg, reference, outer_boundary,
                         noise, snr: float | None, seed: int, label: str, quiet: bool,
-                        refine_target: int = 0, refine: tuple[int, int] = (0, 20)) -> None:
+                        refine_target: int = 0, refine: tuple[int, int] = (0, 400)) -> None:
     from spinverse.recon.targets import Target, with_noise
     from spinverse.recon.workflow import reconstruct as run_reconstruction
 
@@ -373,7 +378,7 @@ def _run_reconstruction(the_grid, tgt, out: Path, cfg, reference, outer_boundary
     rec, metrics = run_reconstruction(the_grid, tgt, out, config=cfg,
                                       reference_faces=reference, progress=not quiet,
                                       extra=extra, refine=refine[0],
-                                      refine_iterations=refine[1])
+                                      refine_budget=refine[1])
     typer.echo(_summary(out / "refined" if refine[0] else out, rec, metrics))
 
 

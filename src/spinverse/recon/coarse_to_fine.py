@@ -1,23 +1,33 @@
-"""Coarse-to-fine reconstruction: fit on the grid, continue on the grid refined 1:8.
+"""Coarse-to-fine reconstruction: search on the grid, decide on the grid refined 1:8.
 
-The answer on the coarse grid (any method) is carried to ``refine(grid, levels)`` by the
-parent map (:func:`spinverse.mesh.refine.refine_kappa`: a fine face on a coarse face keeps
-its κ, the new faces inside coarse tets get the open value), then the per-face κ of the
-fine grid is fitted by gradient descent from that start (the gradient method's machinery,
-:class:`~spinverse.recon.reconstructor.Reconstructor`, all sequences in one stage, with
-its priors). The fine model runs on whichever propagator the cost model picks (the
-full-space one where intermediate κ needs many modes; see :mod:`spinverse.solvers.mf`).
+The benchmark grid's own physics error is larger than the differences between the shapes
+the data must tell apart (benchmarks/README: against a refine-2 target, wrong shapes fit
+better than the truth on the benchmark grid). The fine stage therefore re-decides with a
+converged model, keeping the search's moves:
 
-Answers on different grids are compared against the continuous reference surface in µm
-(:func:`surface_metrics`: Chamfer and Hausdorff distances between densely sampled
-surfaces, enclosed-volume error), not in faces.
+1. **pool**: the coarse run's best distinct shapes (from every shape its search simulated,
+   the ``pool`` lowest coarse losses, each at least ``min_distance`` tets from those
+   kept; for a gradient run, the region its barrier encloses);
+2. **rescore**: every pooled shape simulated on ``refine(grid, levels)`` with continuous
+   tissue off the membrane (:class:`~spinverse.recon.search.scoring.RegionModel` with
+   ``refined=`` and ``continuous=True``: ≈ 1–5 s a shape on one core at one level);
+3. **descend**: linearised multi-flip descents (the search's local move,
+   :func:`~spinverse.recon.search.local.multiflip_descent`) from the best rescored shapes,
+   every state scored on the refined grid, within a budget of distinct shapes.
+
+Shapes stay unions of coarse tets (moves of fine tets would cost ≈ 4× more simulations
+a step); the refined grid supplies the physics. Answers on different grids are compared
+against the continuous reference surface in µm (:func:`surface_metrics`: Chamfer and
+Hausdorff distances between densely sampled surfaces, enclosed-volume error), not in faces.
 
 Units: µm, µm³, κ µm/µs.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+import time
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from scipy.spatial import cKDTree
@@ -25,10 +35,15 @@ from scipy.spatial import cKDTree
 from spinverse.mesh.grid import TetGrid
 from spinverse.mesh.phantoms import OTHER_KAPPA
 from spinverse.mesh.refine import RefinedGrid, refine, refine_kappa
-from spinverse.recon.config import ReconConfig, published_preset
 from spinverse.recon.metrics import closed_surface, enclosed_volume
+from spinverse.recon.search.config import SearchConfig
+from spinverse.recon.search.local import multiflip_descent
+from spinverse.recon.search.regions import RegionSpace
+from spinverse.recon.search.scoring import Evaluator, RegionModel, default_workers
+from spinverse.recon.targets import Target
 
-__all__ = ["fine_config", "refine_answer", "sample_surface", "surface_metrics"]
+__all__ = ["FineSearchResult", "fine_search", "refine_answer", "sample_surface",
+           "shape_pool", "surface_metrics"]
 
 #: Spacing (µm) of the points sampled on a surface for the µm metrics.
 SAMPLE_SPACING_UM = 0.25
@@ -85,16 +100,98 @@ def refine_answer(grid: TetGrid, kappa: np.ndarray, levels: int,
     return fine, refine_kappa(fine, grid, kappa, new_faces=open_kappa)
 
 
-def fine_config(start_file: str | Path, iterations: int, *, seed: int = 0,
-                base: ReconConfig | None = None) -> ReconConfig:
-    """The fine stage: one stage fitting every sequence for ``iterations`` from the κ in
-    ``start_file``, with the published preset's last-stage priors and optimiser."""
-    from spinverse.recon.config import StageConfig
+def shape_pool(regions: list[np.ndarray], losses: np.ndarray, size: int, *,
+               min_distance: int = 2) -> list[np.ndarray]:
+    """Up to ``size`` of ``regions`` ((T,) bool each), lowest ``losses`` first, skipping
+    any within ``min_distance`` − 1 flipped tets of one already kept (so that a pool is
+    not spent on one shape's single-tet variants)."""
+    kept: list[np.ndarray] = []
+    for i in np.argsort(losses, kind="stable"):
+        r = np.asarray(regions[i], dtype=bool)
+        if all(int((r != k).sum()) >= min_distance for k in kept):
+            kept.append(r)
+            if len(kept) >= size:
+                break
+    return kept
 
-    cfg = base or published_preset()
-    last = cfg.stages[-1]
-    stage = StageConfig(name="fine, all sequences", sequences="all", iterations=iterations,
-                        priors=last.priors)
-    param = cfg.parameterisation.model_copy(update={"start": "file",
-                                                    "start_file": str(start_file)})
-    return cfg.model_copy(update={"stages": [stage], "parameterisation": param, "seed": seed})
+
+@dataclass
+class FineSearchResult:
+    """The fine stage's answer: a region of coarse tets, its data loss on the refined
+    model, the refined grid, the pool's coarse and fine losses (rows of ``pool``), the
+    descents' improvements (``history``) and run facts."""
+
+    region: np.ndarray
+    data_loss: float
+    refined: RefinedGrid
+    pool: list[dict[str, Any]]
+    history: list[dict[str, Any]]
+    simulations: int
+    seconds: float
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def fine_search(grid: TetGrid, target: Target, pool: list[np.ndarray], *, levels: int = 1,
+                budget: int = 400, descents: int = 2, coarse_losses: np.ndarray | None = None,
+                config: SearchConfig | None = None, workers: int | None = None,
+                progress: bool = False,
+                reference_region: np.ndarray | None = None) -> FineSearchResult:
+    """Rescore ``pool`` (regions of ``grid``'s tets, best first) on the grid refined
+    ``levels`` times and descend from the ``descents`` best, within ``budget`` distinct
+    shapes beyond the pool (see the module docstring). ``config`` gives the membrane κ,
+    the proposals per step and the seed; ``reference_region``, a known truth, is scored on
+    the refined model too (``info["truth_loss"]``, one more simulation)."""
+    from spinverse.recon.search.engine import SearchProgress
+
+    if not pool:
+        raise ValueError("the pool of shapes to rescore is empty")
+    if levels < 1:
+        raise ValueError(f"levels must be ≥ 1, got {levels}")
+    cfg = config or SearchConfig()
+    tic = time.perf_counter()
+    space = RegionSpace(grid, cfg.membrane_kappa, cfg.other_kappa)
+    refined = refine(grid, levels)
+    model = RegionModel(space, target, refined=refined, continuous=True)
+    rng = np.random.default_rng(cfg.seed)
+    bar = SearchProgress(len(pool) + budget, progress, desc=f"refine {levels}")
+    history: list[dict[str, Any]] = []
+    with Evaluator(model, workers=workers or default_workers(), on_new=bar.advance) as ev:
+        try:
+            pool = [space.check(r) for r in pool]
+            fine = ev.losses(pool)
+            rows = [{"rank_coarse": i, "tets": int(r.sum()), "fine_loss": float(lo),
+                     **({} if coarse_losses is None else
+                        {"coarse_loss": float(coarse_losses[i])})}
+                    for i, (r, lo) in enumerate(zip(pool, fine, strict=True))]
+            order = np.argsort(fine, kind="stable")
+            best = (float(fine[order[0]]), pool[order[0]])
+            history.append({"simulations": ev.n_requested, "stage": "rescore",
+                            "loss": best[0], "tets": int(best[1].sum())})
+            bar.show("rescore", best[0])
+            spent = ev.n_requested
+            for d, i in enumerate(order[:descents]):
+                left = budget - (ev.n_requested - spent)
+                share = left // (descents - d)
+                if share <= 0:
+                    break
+                stage = f"descent {d + 1}"
+
+                def step(region: np.ndarray, loss: float, stage: str = stage) -> None:
+                    history.append({"simulations": ev.n_requested, "stage": stage,
+                                    "loss": loss, "tets": int(region.sum())})
+                    bar.show(stage, loss)
+
+                res = multiflip_descent(ev, space, pool[i], rng, budget=share,
+                                        proposals=cfg.proposals, on_step=step)
+                if res.loss < best[0]:
+                    best = (res.loss, res.region)
+            info: dict[str, Any] = {"fine_tets": refined.grid.n_tets, "levels": levels,
+                                    "continuous_tissue": True}
+            if reference_region is not None:
+                info["truth_loss"] = ev.loss(space.check(reference_region))
+            simulations = ev.simulated
+        finally:
+            bar.close()
+    return FineSearchResult(region=best[1], data_loss=best[0], refined=refined, pool=rows,
+                            history=history, simulations=simulations,
+                            seconds=time.perf_counter() - tic, info=info)

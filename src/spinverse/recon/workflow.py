@@ -14,9 +14,14 @@ from spinverse.mesh.grid import TetGrid
 from spinverse.recon.config import ReconConfig
 from spinverse.recon.reconstructor import Reconstruction, Reconstructor
 from spinverse.recon.search.config import SearchConfig
+from spinverse.recon.search.regions import RegionSpace
+from spinverse.recon.search.scoring import Evaluator, RegionModel
 from spinverse.recon.targets import Target
 
 log = logging.getLogger(__name__)
+
+#: Distinct coarse shapes rescored on the refined grid (each ≥ 2 tets from the others).
+POOL_SIZE = 24
 
 
 def reconstruct(
@@ -30,16 +35,16 @@ def reconstruct(
     figures: bool = True,
     extra: dict[str, Any] | None = None,
     refine: int = 0,
-    refine_iterations: int = 20,
+    refine_budget: int = 400,
 ) -> tuple[Reconstruction, dict[str, Any]]:
     """Fit ``target`` and write RUN_DIR (κ, surface, metrics, log, config, figures).
 
     ``config``: a :class:`SearchConfig` (the whole-shape search, the default) or a
     :class:`ReconConfig` (gradient descent on per-face κ, e.g. the published preset).
-    ``refine`` > 0: then continue on the grid refined that many times (1:8 each) for
-    ``refine_iterations`` gradient iterations from the transferred answer, written to
-    RUN_DIR/refined (:mod:`spinverse.recon.coarse_to_fine`); the returned reconstruction
-    and metrics are then the fine ones."""
+    ``refine`` > 0: then decide on the grid refined that many times (1:8 each): the coarse
+    run's best distinct shapes rescored there and searched on from the best within
+    ``refine_budget`` more shapes (:mod:`spinverse.recon.coarse_to_fine`), written to
+    RUN_DIR/refined; the returned reconstruction and metrics are then the fine ones."""
     from spinverse.recon.outputs import write_outputs
 
     cfg = config if config is not None else SearchConfig()
@@ -56,56 +61,98 @@ def reconstruct(
                                 fitted_signal=fitted, reference_faces=reference_faces,
                                 extra=extra, figures=figures)
     if refine:
-        return _refine(grid, target, Path(run_dir), rec, metrics, refine, refine_iterations,
+        return _refine(grid, target, Path(run_dir), rec, refine, refine_budget,
                        reference_faces, progress, figures, extra, cfg)
     return rec, metrics
 
 
 def _refine(grid: TetGrid, target: Target, run: Path, coarse: Reconstruction,
-            coarse_metrics: dict[str, Any], levels: int, iterations: int,
-            reference_faces: np.ndarray | None, progress: bool, figures: bool,
-            extra: dict[str, Any] | None, cfg: ReconConfig | SearchConfig,
+            levels: int, budget: int, reference_faces: np.ndarray | None, progress: bool,
+            figures: bool, extra: dict[str, Any] | None, cfg: ReconConfig | SearchConfig,
             ) -> tuple[Reconstruction, dict[str, Any]]:
-    """The fine stage of a coarse-to-fine run, in RUN/refined."""
+    """The fine stage of a coarse-to-fine run (:mod:`spinverse.recon.coarse_to_fine`),
+    written to RUN/refined, with RUN/coarse_to_fine.json comparing the two answers."""
     import json
 
-    from spinverse.mesh.refine import coarse_face_of
-    from spinverse.recon.coarse_to_fine import fine_config, refine_answer, surface_metrics
+    from spinverse.mesh.benchmark import enclosed_tets
+    from spinverse.mesh.refine import coarse_face_of, refine_kappa
+    from spinverse.recon.coarse_to_fine import fine_search, surface_metrics
     from spinverse.recon.outputs import write_outputs
 
-    out = run / "refined"
-    out.mkdir(parents=True, exist_ok=True)
-    fine, k0 = refine_answer(grid, coarse.kappa, levels)
-    start = out / "start_kappa.npz"
-    np.savez_compressed(start, kappa=k0, faces=fine.grid.faces)
-    fcfg = fine_config(start.resolve(), iterations, seed=getattr(cfg, "seed", 0))
+    scfg = cfg if isinstance(cfg, SearchConfig) else SearchConfig()
+    pool, pool_losses = _coarse_pool(grid, target, run, coarse, scfg)
+    truth = None
+    if reference_faces is not None:
+        truth = enclosed_tets(grid, reference_faces)
+        truth = truth if truth.any() else None
+    log.info("coarse-to-fine: %d shapes rescored on %d levels, budget %d", len(pool),
+             levels, budget)
+    res = fine_search(grid, target, pool, levels=levels, budget=budget,
+                      coarse_losses=pool_losses, config=scfg, progress=progress,
+                      reference_region=truth)
+    fine = res.refined
+    space = RegionSpace(grid, scfg.membrane_kappa, scfg.other_kappa)
+    sim_grid, sim_kappa = RegionModel(space, target, refined=fine,
+                                      continuous=True).simulation(res.region)
+    fitted = simulate_signal(sim_grid, sim_kappa, target.protocol,
+                             outer_boundary=target.outer_boundary).signal
+    # written with the benchmark convention (finite κ off the membrane)
+    kappa = refine_kappa(fine, grid, space.kappa(res.region), new_faces=scfg.other_kappa)
+    rec = Reconstruction(kappa=kappa, barrier=np.flatnonzero(kappa < scfg.threshold),
+                         history=res.history, data_loss=res.data_loss, seconds=res.seconds,
+                         info={"method": "fine search", "simulations": res.simulations,
+                               **res.info})
     ref_fine = None
+    surf: dict[str, Any] = {}
     if reference_faces is not None:
         src = coarse_face_of(fine, grid)
         ref_fine = np.flatnonzero(np.isin(src, reference_faces) & (src >= 0))
-    log.info("coarse-to-fine: %d → %d tets, %d iterations", grid.n_tets, fine.grid.n_tets,
-             iterations)
-    rec = Reconstructor(fine.grid, target, fcfg, progress=progress,
-                        reference_faces=ref_fine).fit(out)
-    fitted = simulate_signal(fine.grid, rec.kappa, target.protocol,
-                             outer_boundary=target.outer_boundary).signal
-    surf: dict[str, Any] = {}
-    if reference_faces is not None:
         surf = {"coarse": surface_metrics(grid, coarse.barrier, grid, reference_faces),
-                "transferred": surface_metrics(fine.grid, np.flatnonzero(k0 < fcfg.threshold),
-                                               grid, reference_faces),
                 "fine": surface_metrics(fine.grid, rec.barrier, grid, reference_faces)}
-    more = {**(extra or {}), "refine": levels, "refine_iterations": iterations,
-            "coarse_data_loss": coarse.data_loss, "surface_um": surf}
-    metrics = write_outputs(out, fine.grid, rec, target, threshold=fcfg.threshold,
-                            fitted_signal=fitted, reference_faces=ref_fine, extra=more,
-                            figures=figures)
-    coarse_metrics["refined"] = {"surface_um": surf, "data_loss": rec.data_loss}
-    (run / "coarse_to_fine.json").write_text(json.dumps(
-        {"coarse_data_loss": coarse.data_loss, "fine_data_loss": rec.data_loss,
-         "surface_um": surf, "fine_tets": fine.grid.n_tets, "iterations": iterations},
-        indent=1), encoding="utf-8")
+    summary = {"levels": levels, "fine_tets": fine.grid.n_tets, "budget": budget,
+               "coarse_data_loss": coarse.data_loss,
+               "coarse_answer_fine_loss": _pool_fine_loss(res.pool, 0),
+               "fine_data_loss": res.data_loss, "truth_fine_loss": res.info.get("truth_loss"),
+               "simulations": res.simulations, "seconds": res.seconds,
+               "surface_um": surf, "pool": res.pool}
+    more = {**(extra or {}), **{k: v for k, v in summary.items() if k != "pool"}}
+    metrics = write_outputs(run / "refined", fine.grid, rec, target,
+                            threshold=scfg.threshold, fitted_signal=fitted,
+                            reference_faces=ref_fine, extra=more, figures=figures,
+                            arrays={"region_coarse_tets": res.region})
+    (run / "coarse_to_fine.json").write_text(json.dumps(summary, indent=1),
+                                             encoding="utf-8")
     return rec, metrics
+
+
+def _pool_fine_loss(rows: list[dict[str, Any]], rank: int) -> float | None:
+    return next((r["fine_loss"] for r in rows if r["rank_coarse"] == rank), None)
+
+
+def _coarse_pool(grid: TetGrid, target: Target, run: Path, coarse: Reconstruction,
+                 cfg: SearchConfig) -> tuple[list[np.ndarray], np.ndarray | None]:
+    """The shapes the fine stage rescores, best coarse loss first: the search's answer
+    and its best distinct cached shapes, or the region a gradient answer encloses."""
+    from spinverse.mesh.benchmark import enclosed_tets
+    from spinverse.recon.coarse_to_fine import shape_pool
+    from spinverse.recon.search.engine import CACHE_FILE
+
+    cache = run / CACHE_FILE
+    if cache.exists():
+        space = RegionSpace(grid, cfg.membrane_kappa, cfg.other_kappa)
+        ev = Evaluator(RegionModel(space, target))
+        ev.load(cache)
+        keys = list(ev.cache)
+        regions = [ev.region(k) for k in keys]
+        losses = np.array([ev.known_loss(k) for k in keys])
+        ok = [i for i, r in enumerate(regions) if space.is_valid(r)]
+        pool = shape_pool([regions[i] for i in ok], losses[ok], POOL_SIZE)
+        key_of = {Evaluator.key(r): lo for r, lo in zip(regions, losses, strict=True)}
+        return pool, np.array([key_of[Evaluator.key(r)] for r in pool])
+    region = enclosed_tets(grid, coarse.barrier)
+    if not region.any():
+        region = enclosed_tets(grid, np.flatnonzero(coarse.kappa < cfg.threshold))
+    return [region], np.array([coarse.data_loss])
 
 
 def _search(grid: TetGrid, target: Target, run: Path, cfg: SearchConfig,

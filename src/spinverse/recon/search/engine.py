@@ -74,15 +74,15 @@ class SearchResult:
     info: dict[str, Any] = field(default_factory=dict)
 
 
-class _Progress:
-    """A tqdm bar over the budget (when asked), fed by the evaluator."""
+class SearchProgress:
+    """A tqdm bar over a budget of shapes (when asked), fed by the evaluator."""
 
-    def __init__(self, total: int, enabled: bool):
+    def __init__(self, total: int, enabled: bool, desc: str = "search"):
         self.bar = None
         if enabled:
             from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=total, unit="shape", desc="search", dynamic_ncols=True)
+            self.bar = tqdm(total=total, unit="shape", desc=desc, dynamic_ncols=True)
 
     def advance(self, n: int) -> None:
         if self.bar is not None:
@@ -120,7 +120,7 @@ class ShapeSearch:
         cfg = self.config
         run = Path(run_dir) if run_dir is not None else None
         tic = time.perf_counter()
-        bar = _Progress(cfg.budget, self.progress)
+        bar = SearchProgress(cfg.budget, self.progress)
         ev = Evaluator(self.model, workers=cfg.workers or default_workers(),
                        on_new=bar.advance)
         resumed = self._load_cache(ev, run)

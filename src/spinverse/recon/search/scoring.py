@@ -20,13 +20,15 @@ import os
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 
 from spinverse.mesh.grid import TetGrid
+from spinverse.mesh.refine import RefinedGrid, coarse_face_of
 from spinverse.recon.search.regions import RegionSpace
-from spinverse.recon.targets import Target
+from spinverse.recon.targets import Target, continuous_tissue
 
 __all__ = ["RegionModel", "Evaluator", "default_workers"]
 
@@ -46,15 +48,42 @@ class RegionModel:
     ``target`` is a :class:`~spinverse.recon.reconstructor.Target` (signal, protocol and
     outer-boundary mode). ``weights`` (n_seq,), optional: per-sequence weights of the data
     term (default equal, the published term).
+
+    ``refined``: simulate each region (a set of the space's tets) on this refinement of the
+    grid instead (:func:`spinverse.mesh.refine.refine`; the same surface, finer physics).
+    ``continuous``: inner faces off the membrane get κ = ∞ instead of ``other_kappa``
+    (continuous tissue: the nodes merge, far fewer unknowns, the physical limit).
     """
 
     space: RegionSpace
     target: Target
     weights: np.ndarray | None = None
+    refined: RefinedGrid | None = None
+    continuous: bool = False
 
     @property
     def grid(self) -> TetGrid:
+        """The grid whose tets make the regions."""
         return self.space.grid
+
+    @cached_property
+    def _fine_source(self) -> np.ndarray | None:
+        if self.refined is None:
+            return None
+        return coarse_face_of(self.refined, self.grid)
+
+    def simulation(self, inside: np.ndarray) -> tuple[TetGrid, np.ndarray]:
+        """The grid a region is simulated on and its κ (µm/µs) there."""
+        grid, k = self.grid, self.space.kappa(inside)
+        src = self._fine_source
+        if self.refined is not None and src is not None:
+            grid = self.refined.grid
+            fine = np.full(grid.n_faces, self.space.other_kappa)
+            fine[src >= 0] = k[src[src >= 0]]
+            k = fine
+        if self.continuous:
+            k = continuous_tissue(grid, k, self.space.other_kappa)
+        return grid, k
 
     @property
     def normalised_target(self) -> np.ndarray:
@@ -67,8 +96,9 @@ class RegionModel:
         from spinverse.forward import simulate_signal
 
         t = self.target
-        s = simulate_signal(self.grid, self.space.kappa(inside), t.protocol,
-                            outer_boundary=t.outer_boundary, n_threads=1).signal
+        grid, kappa = self.simulation(inside)
+        s = simulate_signal(grid, kappa, t.protocol, outer_boundary=t.outer_boundary,
+                            n_threads=1).signal
         return (np.abs(s) / t.s0[:, None, :]).ravel()
 
     def residual_weights(self) -> np.ndarray:
