@@ -3,7 +3,7 @@
 Per case: the public case's true surface simulated on the benchmark grid refined
 ``--refine-target`` times (continuous tissue off the barrier; published protocol), fitted
 by ``spinverse reconstruct``'s default search on the benchmark grid (coarse only), then
-re-decided on the grid refined ``--refine`` times (:mod:`spinverse.recon.coarse_to_fine`).
+corrected with the grid refined ``--refine`` times (:mod:`spinverse.recon.coarse_to_fine`).
 Columns, for the coarse answer and the fine one: face F1 (modulo translations and point
 reflection, on the benchmark grid's faces), Chamfer and Hausdorff distance (µm) to the true
 surface, enclosed-volume error; the data losses of the answer and of the truth on each
@@ -53,7 +53,6 @@ def row(case: str, out: Path) -> dict[str, Any]:
     fine = json.loads((out / "refined" / "metrics.json").read_text())
     c2f = json.loads((out / "coarse_to_fine.json").read_text())
     surf = c2f["surface_um"]
-    chosen = min(c2f["pool"], key=lambda r: r["fine_loss"])
     return {
         "case": case, "outer_boundary": coarse["outer_boundary"],
         "target_refine": coarse.get("target_refine"), "levels": c2f["levels"],
@@ -67,9 +66,10 @@ def row(case: str, out: Path) -> dict[str, Any]:
         "coarse_answer_loss": coarse["answer_loss"], "coarse_truth_loss": coarse["truth_loss"],
         "fine_answer_loss": c2f["fine_data_loss"], "fine_truth_loss": c2f["truth_fine_loss"],
         "coarse_answer_fine_loss": c2f["coarse_answer_fine_loss"],
-        "pool_best_rank": chosen["rank_coarse"],
+        "rounds": len(c2f["rounds"]),
         "coarse_seconds": coarse["seconds"], "fine_seconds": c2f["seconds"],
-        "fine_simulations": c2f["simulations"],
+        "fine_stage_coarse_simulations": c2f["coarse_simulations"],
+        "fine_stage_fine_simulations": c2f["fine_simulations"],
         "peak_rss_mb": max(coarse.get("peak_rss_mb", 0), fine.get("peak_rss_mb", 0)),
         "peak_rss_workers_mb": coarse.get("peak_rss_workers_mb"),
     }

@@ -130,29 +130,47 @@ def test_shape_pool(regions: list[list[bool]], size: int, distance: int) -> None
             assert any((r != p).sum() < distance for p in pool)
 
 
-def test_fine_search_improves_on_its_pool() -> None:
-    """The truth and a shape 2 tets off, rescored against a refined target: the fine
-    stage's answer is at most the pool's best fine loss, its rows record both, and the
-    truth's fine loss is reported."""
+def test_correction_shifts_the_target_only() -> None:
+    """``Evaluator.correct(Δ)`` scores S + Δ: the loss of a cached signal changes to that
+    of the shifted signal, nothing is simulated again, and ``None`` restores it."""
+    grid, target, _ = case_target("018", protocol=SMALL, outer_boundary="reflecting")
+    ev = Evaluator(RegionModel(RegionSpace(grid), target))
+    s = ev.signals([TRUTH])[0]
+    offset = np.linspace(-0.01, 0.02, len(s))
+    before, sims = ev.loss(TRUTH), ev.simulated
+    ev.correct(offset)
+    assert np.isclose(ev.loss(TRUTH), 100 * np.dot(ev.model.residual_weights(),
+                                                   (s + offset - ev.model.normalised_target)
+                                                   ** 2))
+    assert ev.simulated == sims
+    ev.correct(None)
+    assert ev.loss(TRUTH) == before
+    with pytest.raises(ValueError, match="shape"):
+        ev.correct(np.zeros(3))
+
+
+def test_fine_search_corrects_a_coarse_bias() -> None:
+    """A refine-1 target and a start two tets off the truth: the corrected search returns
+    the truth (exact on the fine model) and reports the truth's losses without giving
+    the search its signal."""
     grid, target, _ = case_target("018", protocol=SMALL, refine=1,
                                   outer_boundary="reflecting")
     space = RegionSpace(grid)
     off = TRUTH.copy()
     b = space.boundary_tets(TRUTH)
     off[b[~TRUTH[b]][:2]] = True
-    res = fine_search(grid, target, [off, TRUTH], levels=1, budget=1, workers=1,
-                      coarse_losses=np.array([0.1, 0.2]), reference_region=TRUTH)
-    fine = [row["fine_loss"] for row in res.pool]
-    assert res.pool[0]["coarse_loss"] == 0.1 and res.pool[1]["tets"] == TRUTH.sum()
-    assert res.data_loss <= min(fine)
-    assert fine[1] < 1e-12 and res.info["truth_loss"] == fine[1]  # exact at refine 1
+    res = fine_search(grid, target, [off], levels=1, rounds=2, budget=150, checks=3,
+                      workers=1, reference_region=TRUTH)
+    assert res.history[0]["loss"] > 1e-6  # the start, scored on the refined model
     assert res.data_loss < 1e-12 and np.array_equal(res.region, TRUTH)
+    assert res.info["truth_loss"] < 1e-12
+    assert res.rounds[0]["answer_fine_loss"] == res.history[0]["loss"]
     assert res.refined.grid.n_tets == 8 * GRID.n_tets
 
 
 def test_fine_search_rejects_bad_input() -> None:
     grid, target, _ = case_target("018", protocol=SMALL)
-    with pytest.raises(ValueError, match="empty"):
+    with pytest.raises(ValueError, match="start"):
         fine_search(grid, target, [], levels=1)
     with pytest.raises(ValueError, match="levels"):
         fine_search(grid, target, [TRUTH], levels=0)

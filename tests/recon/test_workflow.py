@@ -60,10 +60,10 @@ def test_coarse_to_fine_run(tmp_path):
                                                               start_file=str(start)))
     run = tmp_path / "run"
     rec, _ = reconstruct(grid, target, run, config=cfg, reference_faces=barrier,
-                         progress=False, figures=False, refine=1, refine_budget=1)
+                         progress=False, figures=True, refine=1, refine_budget=5)
     assert len(rec.kappa) == refine(grid, 1).grid.n_faces
     summary = json.loads((run / "coarse_to_fine.json").read_text())
-    assert summary["fine_tets"] == 8 * grid.n_tets and len(summary["pool"]) == 1
+    assert summary["fine_tets"] == 8 * grid.n_tets and summary["rounds"]
     assert summary["truth_fine_loss"] < 1e-12  # the target's own model
     assert summary["fine_data_loss"] <= summary["coarse_answer_fine_loss"] < 1e-12
     surf = summary["surface_um"]
@@ -72,5 +72,7 @@ def test_coarse_to_fine_run(tmp_path):
     assert abs(surf["fine"]["volume_error_rel"]) < 1e-12
     for level in ("coarse", "fine"):
         assert surf[level]["hausdorff_um"] >= surf[level]["chamfer_um"] >= 0
+    assert (run / "refined" / "loss.png").is_file()
+    assert (run / "refined" / "log.jsonl").read_text().count("round") >= 2
     with np.load(run / "refined" / "kappa.npz") as k:
         assert k["region_coarse_tets"].sum() == enclosed_tets(grid, barrier).sum()

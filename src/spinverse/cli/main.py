@@ -287,14 +287,14 @@ def reconstruct(
         help="Gradient method (implies --preset published without --config): scale every "
              "stage to about this many iterations in all.")] = None,
     refine: Annotated[int, typer.Option(
-        min=0, max=2, help="Coarse-to-fine: after the fit, rescore the best distinct shapes "
-                           "on the grid refined this many times (1:8 each, continuous "
-                           "tissue off the membrane) and search on from the best there; "
+        min=0, max=2, help="Coarse-to-fine: after the fit, correct the coarse model by the "
+                           "grid refined this many times (1:8 each, continuous tissue off "
+                           "the membrane; one fine simulation a round) and search again; "
                            "results in OUT/refined, µm surface metrics against the "
                            "reference in OUT/coarse_to_fine.json.")] = 0,
     refine_budget: Annotated[int, typer.Option(
-        min=1, help="Distinct shapes the fine stage (--refine) may simulate beyond the "
-                    "rescored ones (≈ 1–5 s each on one core at --refine 1).")] = 400,
+        min=1, help="Coarse shapes the fine stage (--refine) may simulate a round (at "
+                    "most 4 rounds).")] = 600,
     bvals: Annotated[Path | None, typer.Option(
         help="FSL bvals (s/mm²) of a NIfTI --target.")] = None,
     bvecs: Annotated[Path | None, typer.Option(help="FSL bvecs of a NIfTI --target.")] = None,
@@ -361,7 +361,7 @@ def reconstruct(
 
 def _run_reconstruction(the_grid, tgt, out: Path, cfg, reference, outer_boundary,
                         noise, snr: float | None, seed: int, label: str, quiet: bool,
-                        refine_target: int = 0, refine: tuple[int, int] = (0, 400)) -> None:
+                        refine_target: int = 0, refine: tuple[int, int] = (0, 600)) -> None:
     from spinverse.recon.targets import Target, with_noise
     from spinverse.recon.workflow import reconstruct as run_reconstruction
 

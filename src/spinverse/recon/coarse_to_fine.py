@@ -1,32 +1,37 @@
-"""Coarse-to-fine reconstruction: search on the grid, decide on the grid refined 1:8.
+"""Coarse-to-fine reconstruction: search on the grid, correct it with the grid refined 1:8.
 
 The benchmark grid's own physics error is larger than the differences between the shapes
-the data must tell apart (benchmarks/README: against a refine-2 target, wrong shapes fit
-better than the truth on the benchmark grid). The fine stage therefore re-decides with a
-converged model, keeping the search's moves:
+the data must tell apart: against a refine-2 target, wrong shapes fit better than the
+truth on the benchmark grid (benchmarks/README, "Coarse-to-fine"). Scoring every shape on
+a refined grid would fix that but costs 5–10× more a shape. The error, though, is nearly
+the same for every shape near a given one, so the fine stage is a **defect correction**:
+with ``a`` the current answer and Δ = S_fine(a) − S_coarse(a) (one fine simulation),
+S_coarse(x) + Δ stands in for S_fine(x) near ``a``. Each round:
 
-1. **pool**: the coarse run's best distinct shapes (from every shape its search simulated,
-   the ``pool`` lowest coarse losses, each at least ``min_distance`` tets from those
-   kept; for a gradient run, the region its barrier encloses);
-2. **rescore**: every pooled shape simulated on ``refine(grid, levels)`` with continuous
-   tissue off the membrane (:class:`~spinverse.recon.search.scoring.RegionModel` with
-   ``refined=`` and ``continuous=True``: ≈ 1–5 s a shape on one core at one level);
-3. **descend**: linearised multi-flip descents (the search's local move,
-   :func:`~spinverse.recon.search.local.multiflip_descent`) from the best rescored shapes,
-   every state scored on the refined grid, within a budget of distinct shapes.
+1. one simulation of the answer on ``refine(grid, levels)`` with continuous tissue off the
+   membrane (:class:`~spinverse.recon.search.scoring.RegionModel` with ``refined=`` and
+   ``continuous=True``) gives Δ;
+2. every shape the coarse model has simulated (the coarse search's whole cache) is
+   rescored with the corrected coarse model, free;
+3. linearised multi-flip descents (:func:`~spinverse.recon.search.local.multiflip_descent`)
+   with the corrected coarse model from the best distinct of them (:func:`shape_pool`);
+4. the best distinct corrected shapes are simulated on the refined grid; the best of them
+   becomes the answer if it lowers the fine loss, else the stage ends.
 
-Shapes stay unions of coarse tets (moves of fine tets would cost ≈ 4× more simulations
-a step); the refined grid supplies the physics. Answers on different grids are compared
-against the continuous reference surface in µm (:func:`surface_metrics`: Chamfer and
-Hausdorff distances between densely sampled surfaces, enclosed-volume error), not in faces.
+The answer is always scored on the refined grid. Shapes stay unions of coarse tets; the
+refined grid supplies the physics. Answers on different grids are compared against the
+continuous reference surface in µm (:func:`surface_metrics`: Chamfer and Hausdorff
+distances between densely sampled surfaces, enclosed-volume error), not in faces.
 
 Units: µm, µm³, κ µm/µs.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -117,81 +122,120 @@ def shape_pool(regions: list[np.ndarray], losses: np.ndarray, size: int, *,
 
 @dataclass
 class FineSearchResult:
-    """The fine stage's answer: a region of coarse tets, its data loss on the refined
-    model, the refined grid, the pool's coarse and fine losses (rows of ``pool``), the
-    descents' improvements (``history``) and run facts."""
+    """The fine stage's answer: a region of coarse tets and its data loss on the refined
+    model, the refined grid, one row per round (``rounds``), the improvements
+    (``history``) and run facts (simulations on each model, the truth's fine loss when
+    known)."""
 
     region: np.ndarray
     data_loss: float
     refined: RefinedGrid
-    pool: list[dict[str, Any]]
+    rounds: list[dict[str, Any]]
     history: list[dict[str, Any]]
-    simulations: int
     seconds: float
     info: dict[str, Any] = field(default_factory=dict)
 
 
-def fine_search(grid: TetGrid, target: Target, pool: list[np.ndarray], *, levels: int = 1,
-                budget: int = 400, descents: int = 2, coarse_losses: np.ndarray | None = None,
+def fine_search(grid: TetGrid, target: Target, starts: list[np.ndarray], *,
+                levels: int = 1, known: dict[bytes, np.ndarray] | None = None,
+                rounds: int = 4, budget: int = 600, descents: int = 2, checks: int = 6,
                 config: SearchConfig | None = None, workers: int | None = None,
-                progress: bool = False,
-                reference_region: np.ndarray | None = None) -> FineSearchResult:
-    """Rescore ``pool`` (regions of ``grid``'s tets, best first) on the grid refined
-    ``levels`` times and descend from the ``descents`` best, within ``budget`` distinct
-    shapes beyond the pool (see the module docstring). ``config`` gives the membrane κ,
-    the proposals per step and the seed; ``reference_region``, a known truth, is scored on
-    the refined model too (``info["truth_loss"]``, one more simulation)."""
+                progress: bool = False, reference_region: np.ndarray | None = None,
+                log_file: str | Path | None = None) -> FineSearchResult:
+    """Defect-corrected search (see the module docstring) from the best of ``starts``
+    (regions of ``grid``'s tets) and of the ``known`` coarse signals (an
+    :class:`~spinverse.recon.search.scoring.Evaluator` cache of the same target, e.g. the
+    coarse search's), for at most ``rounds`` rounds of ``budget`` coarse shapes and
+    ``checks`` fine ones each. ``config`` gives the κ values, proposals and seed;
+    ``reference_region``, a known truth, is scored on the refined model too
+    (``info["truth_loss"]``). ``log_file``: every round and improvement appended as a JSON
+    line as it happens."""
     from spinverse.recon.search.engine import SearchProgress
 
-    if not pool:
-        raise ValueError("the pool of shapes to rescore is empty")
+    if not starts and not known:
+        raise ValueError("no shapes to start from: give starts or known signals")
     if levels < 1:
         raise ValueError(f"levels must be ≥ 1, got {levels}")
     cfg = config or SearchConfig()
     tic = time.perf_counter()
     space = RegionSpace(grid, cfg.membrane_kappa, cfg.other_kappa)
     refined = refine(grid, levels)
-    model = RegionModel(space, target, refined=refined, continuous=True)
     rng = np.random.default_rng(cfg.seed)
-    bar = SearchProgress(len(pool) + budget, progress, desc=f"refine {levels}")
+    n_workers = workers or default_workers()
+    bar = SearchProgress(rounds * (budget + checks), progress, desc=f"refine {levels}")
     history: list[dict[str, Any]] = []
-    with Evaluator(model, workers=workers or default_workers(), on_new=bar.advance) as ev:
+    rows: list[dict[str, Any]] = []
+
+    def note(entry: dict[str, Any], keep: bool = True) -> None:
+        if keep:
+            history.append(entry)
+        if log_file is not None:
+            with open(log_file, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps({**entry, "seconds": time.perf_counter() - tic}) + "\n")
+
+    coarse = Evaluator(RegionModel(space, target), workers=n_workers, on_new=bar.advance)
+    fine = Evaluator(RegionModel(space, target, refined=refined, continuous=True),
+                     workers=n_workers, on_new=bar.advance)
+    coarse.cache.update(known or {})
+    truth: tuple[np.ndarray, np.ndarray] | None = None
+    if reference_region is not None:  # simulated apart, so that no search sees it
+        ref = space.check(reference_region)
+        truth = (RegionModel(space, target).signal(ref),
+                 RegionModel(space, target, refined=refined, continuous=True).signal(ref))
+    with coarse, fine:
         try:
-            pool = [space.check(r) for r in pool]
-            fine = ev.losses(pool)
-            rows = [{"rank_coarse": i, "tets": int(r.sum()), "fine_loss": float(lo),
-                     **({} if coarse_losses is None else
-                        {"coarse_loss": float(coarse_losses[i])})}
-                    for i, (r, lo) in enumerate(zip(pool, fine, strict=True))]
-            order = np.argsort(fine, kind="stable")
-            best = (float(fine[order[0]]), pool[order[0]])
-            history.append({"simulations": ev.n_requested, "stage": "rescore",
-                            "loss": best[0], "tets": int(best[1].sum())})
-            bar.show("rescore", best[0])
-            spent = ev.n_requested
-            for d, i in enumerate(order[:descents]):
-                left = budget - (ev.n_requested - spent)
-                share = left // (descents - d)
-                if share <= 0:
+            coarse.signals([space.check(r) for r in starts])
+            keys = [k for k in coarse.cache if space.is_valid(coarse.region(k))]
+            if not keys:
+                raise ValueError("none of the shapes to start from has a closed surface")
+            answer = coarse.region(min(keys, key=coarse.known_loss))
+            loss = fine.loss(answer)
+            note({"round": 0, "stage": "coarse answer", "loss": loss,
+                  "tets": int(answer.sum()), "simulations": fine.n_requested})
+            for rnd in range(1, rounds + 1):
+                offset = fine.signals([answer])[0] - coarse.signals([answer])[0]
+                coarse.correct(offset)
+                keys = list(coarse.cache)
+                regions = [coarse.region(k) for k in keys]
+                corrected = np.array([coarse.known_loss(k) for k in keys])
+                valid = [i for i, r in enumerate(regions) if space.is_valid(r)]
+                pool = shape_pool([regions[i] for i in valid], corrected[valid], descents)
+                spent = coarse.n_requested
+                for d, start in enumerate(pool):
+                    share = (budget - (coarse.n_requested - spent)) // (len(pool) - d)
+                    if share > 0:
+                        multiflip_descent(coarse, space, start, rng, budget=share,
+                                          proposals=cfg.proposals)
+                keys = list(coarse.cache)
+                regions = [coarse.region(k) for k in keys]
+                corrected = np.array([coarse.known_loss(k) for k in keys])
+                valid = [i for i, r in enumerate(regions) if space.is_valid(r)]
+                picks = shape_pool([regions[i] for i in valid], corrected[valid], checks)
+                fine_losses = fine.losses(picks)
+                best = int(np.argmin(fine_losses))
+                row = {"round": rnd, "answer_fine_loss": loss,
+                       "offset_rms": float(np.sqrt(np.mean(offset ** 2))),
+                       "best_corrected_loss": float(corrected[valid].min()),
+                       "checked_fine_losses": [float(x) for x in fine_losses],
+                       "coarse_simulations": coarse.simulated,
+                       "fine_simulations": fine.simulated}
+                if truth is not None:
+                    row["truth_corrected_loss"] = coarse.loss_of(truth[0])
+                rows.append(row)
+                note(row, keep=False)
+                if fine_losses[best] >= loss * (1 - 1e-9):
                     break
-                stage = f"descent {d + 1}"
-
-                def step(region: np.ndarray, loss: float, stage: str = stage) -> None:
-                    history.append({"simulations": ev.n_requested, "stage": stage,
-                                    "loss": loss, "tets": int(region.sum())})
-                    bar.show(stage, loss)
-
-                res = multiflip_descent(ev, space, pool[i], rng, budget=share,
-                                        proposals=cfg.proposals, on_step=step)
-                if res.loss < best[0]:
-                    best = (res.loss, res.region)
+                answer, loss = picks[best], float(fine_losses[best])
+                note({"round": rnd, "stage": f"round {rnd}", "loss": loss,
+                      "tets": int(answer.sum()), "simulations": fine.n_requested})
+                bar.show(f"round {rnd}", loss)
             info: dict[str, Any] = {"fine_tets": refined.grid.n_tets, "levels": levels,
-                                    "continuous_tissue": True}
-            if reference_region is not None:
-                info["truth_loss"] = ev.loss(space.check(reference_region))
-            simulations = ev.simulated
+                                    "continuous_tissue": True, "rounds": len(rows),
+                                    "coarse_simulations": coarse.simulated,
+                                    "fine_simulations": fine.simulated}
+            if truth is not None:
+                info["truth_loss"] = fine.loss_of(truth[1])
         finally:
             bar.close()
-    return FineSearchResult(region=best[1], data_loss=best[0], refined=refined, pool=rows,
-                            history=history, simulations=simulations,
-                            seconds=time.perf_counter() - tic, info=info)
+    return FineSearchResult(region=answer, data_loss=loss, refined=refined, rounds=rows,
+                            history=history, seconds=time.perf_counter() - tic, info=info)

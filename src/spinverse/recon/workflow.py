@@ -20,8 +20,6 @@ from spinverse.recon.targets import Target
 
 log = logging.getLogger(__name__)
 
-#: Distinct coarse shapes rescored on the refined grid (each ≥ 2 tets from the others).
-POOL_SIZE = 24
 
 
 def reconstruct(
@@ -35,16 +33,16 @@ def reconstruct(
     figures: bool = True,
     extra: dict[str, Any] | None = None,
     refine: int = 0,
-    refine_budget: int = 400,
+    refine_budget: int = 600,
 ) -> tuple[Reconstruction, dict[str, Any]]:
     """Fit ``target`` and write RUN_DIR (κ, surface, metrics, log, config, figures).
 
     ``config``: a :class:`SearchConfig` (the whole-shape search, the default) or a
     :class:`ReconConfig` (gradient descent on per-face κ, e.g. the published preset).
-    ``refine`` > 0: then decide on the grid refined that many times (1:8 each): the coarse
-    run's best distinct shapes rescored there and searched on from the best within
-    ``refine_budget`` more shapes (:mod:`spinverse.recon.coarse_to_fine`), written to
-    RUN_DIR/refined; the returned reconstruction and metrics are then the fine ones."""
+    ``refine`` > 0: then correct the answer with the physics of the grid refined that many
+    times (1:8 each) by a defect-corrected search of ``refine_budget`` coarse shapes a
+    round (:mod:`spinverse.recon.coarse_to_fine`), written to RUN_DIR/refined; the
+    returned reconstruction and metrics are then the fine ones."""
     from spinverse.recon.outputs import write_outputs
 
     cfg = config if config is not None else SearchConfig()
@@ -80,16 +78,19 @@ def _refine(grid: TetGrid, target: Target, run: Path, coarse: Reconstruction,
     from spinverse.recon.outputs import write_outputs
 
     scfg = cfg if isinstance(cfg, SearchConfig) else SearchConfig()
-    pool, pool_losses = _coarse_pool(grid, target, run, coarse, scfg)
+    starts, known = _coarse_shapes(grid, target, run, coarse, scfg)
     truth = None
     if reference_faces is not None:
         truth = enclosed_tets(grid, reference_faces)
         truth = truth if truth.any() else None
-    log.info("coarse-to-fine: %d shapes rescored on %d levels, budget %d", len(pool),
-             levels, budget)
-    res = fine_search(grid, target, pool, levels=levels, budget=budget,
-                      coarse_losses=pool_losses, config=scfg, progress=progress,
-                      reference_region=truth)
+    log.info("coarse-to-fine: %d known shapes, %d levels, %d coarse shapes a round",
+             len(known) + len(starts), levels, budget)
+    out = run / "refined"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "log.jsonl").unlink(missing_ok=True)
+    res = fine_search(grid, target, starts, known=known, levels=levels, budget=budget,
+                      config=scfg, progress=progress, reference_region=truth,
+                      log_file=out / "log.jsonl")
     fine = res.refined
     space = RegionSpace(grid, scfg.membrane_kappa, scfg.other_kappa)
     sim_grid, sim_kappa = RegionModel(space, target, refined=fine,
@@ -100,8 +101,7 @@ def _refine(grid: TetGrid, target: Target, run: Path, coarse: Reconstruction,
     kappa = refine_kappa(fine, grid, space.kappa(res.region), new_faces=scfg.other_kappa)
     rec = Reconstruction(kappa=kappa, barrier=np.flatnonzero(kappa < scfg.threshold),
                          history=res.history, data_loss=res.data_loss, seconds=res.seconds,
-                         info={"method": "fine search", "simulations": res.simulations,
-                               **res.info})
+                         info={"method": "defect-corrected search", **res.info})
     ref_fine = None
     surf: dict[str, Any] = {}
     if reference_faces is not None:
@@ -111,48 +111,42 @@ def _refine(grid: TetGrid, target: Target, run: Path, coarse: Reconstruction,
                 "fine": surface_metrics(fine.grid, rec.barrier, grid, reference_faces)}
     summary = {"levels": levels, "fine_tets": fine.grid.n_tets, "budget": budget,
                "coarse_data_loss": coarse.data_loss,
-               "coarse_answer_fine_loss": _pool_fine_loss(res.pool, 0),
+               "coarse_answer_fine_loss": res.history[0]["loss"],
                "fine_data_loss": res.data_loss, "truth_fine_loss": res.info.get("truth_loss"),
-               "simulations": res.simulations, "seconds": res.seconds,
-               "surface_um": surf, "pool": res.pool}
-    more = {**(extra or {}), **{k: v for k, v in summary.items() if k != "pool"}}
-    metrics = write_outputs(run / "refined", fine.grid, rec, target,
+               "coarse_simulations": res.info["coarse_simulations"],
+               "fine_simulations": res.info["fine_simulations"], "seconds": res.seconds,
+               "surface_um": surf, "rounds": res.rounds}
+    more = {**(extra or {}), **summary}
+    from spinverse.viz.recon import plot_search_history
+
+    metrics = write_outputs(out, fine.grid, rec, target,
                             threshold=scfg.threshold, fitted_signal=fitted,
                             reference_faces=ref_fine, extra=more, figures=figures,
-                            arrays={"region_coarse_tets": res.region})
+                            arrays={"region_coarse_tets": res.region},
+                            history_figure=plot_search_history)
     (run / "coarse_to_fine.json").write_text(json.dumps(summary, indent=1),
                                              encoding="utf-8")
     return rec, metrics
 
 
-def _pool_fine_loss(rows: list[dict[str, Any]], rank: int) -> float | None:
-    return next((r["fine_loss"] for r in rows if r["rank_coarse"] == rank), None)
-
-
-def _coarse_pool(grid: TetGrid, target: Target, run: Path, coarse: Reconstruction,
-                 cfg: SearchConfig) -> tuple[list[np.ndarray], np.ndarray | None]:
-    """The shapes the fine stage rescores, best coarse loss first: the search's answer
-    and its best distinct cached shapes, or the region a gradient answer encloses."""
+def _coarse_shapes(grid: TetGrid, target: Target, run: Path, coarse: Reconstruction,
+                   cfg: SearchConfig) -> tuple[list[np.ndarray], dict[bytes, np.ndarray]]:
+    """What the fine stage starts from: the coarse search's cache (every shape it
+    simulated, with its signal), or for a gradient answer the region its barrier
+    encloses."""
     from spinverse.mesh.benchmark import enclosed_tets
-    from spinverse.recon.coarse_to_fine import shape_pool
     from spinverse.recon.search.engine import CACHE_FILE
 
     cache = run / CACHE_FILE
     if cache.exists():
-        space = RegionSpace(grid, cfg.membrane_kappa, cfg.other_kappa)
-        ev = Evaluator(RegionModel(space, target))
+        ev = Evaluator(RegionModel(RegionSpace(grid, cfg.membrane_kappa, cfg.other_kappa),
+                                   target))
         ev.load(cache)
-        keys = list(ev.cache)
-        regions = [ev.region(k) for k in keys]
-        losses = np.array([ev.known_loss(k) for k in keys])
-        ok = [i for i, r in enumerate(regions) if space.is_valid(r)]
-        pool = shape_pool([regions[i] for i in ok], losses[ok], POOL_SIZE)
-        key_of = {Evaluator.key(r): lo for r, lo in zip(regions, losses, strict=True)}
-        return pool, np.array([key_of[Evaluator.key(r)] for r in pool])
+        return [], ev.cache
     region = enclosed_tets(grid, coarse.barrier)
     if not region.any():
         region = enclosed_tets(grid, np.flatnonzero(coarse.kappa < cfg.threshold))
-    return [region], np.array([coarse.data_loss])
+    return [region], {}
 
 
 def _search(grid: TetGrid, target: Target, run: Path, cfg: SearchConfig,

@@ -125,7 +125,7 @@ def multiflip_descent(
     accepted step.
     """
     start = evaluator.n_requested
-    target = evaluator.model.normalised_target
+    target = evaluator.target
     sqrt_w = np.sqrt(100.0 * evaluator.model.residual_weights())
     current = inside.copy()
     base = evaluator.signals([current])[0]

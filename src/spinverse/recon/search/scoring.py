@@ -146,6 +146,25 @@ class Evaluator:
         self._w = 100.0 * self.model.residual_weights()
         self._pool: ProcessPoolExecutor | None = None
 
+    @property
+    def target(self) -> np.ndarray:
+        """The normalised target the losses compare with (the model's, less any
+        :meth:`correct` offset)."""
+        return self._t
+
+    def correct(self, offset: np.ndarray | None) -> None:
+        """Score every signal as if ``offset`` (n_seq · n_b · n_dir,) were added to it: a
+        defect correction of this model by a better one (the target is shifted by
+        −offset; cached signals stay valid). ``None`` removes it."""
+        t = self.model.normalised_target
+        if offset is None:
+            self._t = t
+            return
+        offset = np.asarray(offset, dtype=float)
+        if offset.shape != t.shape:
+            raise ValueError(f"offset shape {offset.shape} != signal shape {t.shape}")
+        self._t = t - offset
+
     # -------------------------------------------------------------- plumbing
     @staticmethod
     def key(inside: np.ndarray) -> bytes:
