@@ -9,10 +9,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from spinverse.mesh.benchmark import benchmark_grid, case_barrier, case_kappa, enclosed_tets
-from spinverse.mesh.refine import refine
+from spinverse.mesh.refine import refine, refine_kappa
 from spinverse.recon.coarse_to_fine import (
     fine_search,
-    refine_answer,
     sample_surface,
     shape_pool,
     surface_metrics,
@@ -29,7 +28,8 @@ def test_transfer_keeps_the_surface_and_volume() -> None:
     """The coarse truth carried to the refined grid is the same surface: Chamfer at the
     sampling floor, the same enclosed volume, new faces open."""
     truth = case_barrier("018")
-    fine, k = refine_answer(GRID, case_kappa("018"), 1)
+    fine = refine(GRID, 1)
+    k = refine_kappa(fine, GRID, case_kappa("018"), new_faces=0.1)
     assert fine.grid.n_tets == 8 * GRID.n_tets
     barrier = np.flatnonzero(k < 1e-3)
     assert len(barrier) == 4 * len(truth)  # each coarse face splits into 4

@@ -38,8 +38,7 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from spinverse.mesh.grid import TetGrid
-from spinverse.mesh.phantoms import OTHER_KAPPA
-from spinverse.mesh.refine import RefinedGrid, refine, refine_kappa
+from spinverse.mesh.refine import RefinedGrid, refine
 from spinverse.recon.metrics import closed_surface, enclosed_volume
 from spinverse.recon.search.config import SearchConfig
 from spinverse.recon.search.local import multiflip_descent
@@ -47,8 +46,8 @@ from spinverse.recon.search.regions import RegionSpace
 from spinverse.recon.search.scoring import Evaluator, RegionModel, default_workers
 from spinverse.recon.targets import Target
 
-__all__ = ["FineSearchResult", "fine_search", "refine_answer", "sample_surface",
-           "shape_pool", "surface_metrics"]
+__all__ = ["FineSearchResult", "fine_search", "sample_surface", "shape_pool",
+           "surface_metrics"]
 
 #: Spacing (µm) of the points sampled on a surface for the µm metrics.
 SAMPLE_SPACING_UM = 0.25
@@ -95,14 +94,6 @@ def surface_metrics(pred_grid: TetGrid, pred_faces: np.ndarray, ref_grid: TetGri
     d_ba = cKDTree(a).query(b)[0]
     return {**out, "chamfer_um": float(0.5 * (d_ab.mean() + d_ba.mean())),
             "hausdorff_um": float(max(d_ab.max(), d_ba.max()))}
-
-
-def refine_answer(grid: TetGrid, kappa: np.ndarray, levels: int,
-                  open_kappa: float = OTHER_KAPPA) -> tuple[RefinedGrid, np.ndarray]:
-    """The fine grid and the coarse answer's κ (µm/µs) on it; faces inside coarse tets
-    get ``open_kappa``."""
-    fine = refine(grid, levels)
-    return fine, refine_kappa(fine, grid, kappa, new_faces=open_kappa)
 
 
 def shape_pool(regions: list[np.ndarray], losses: np.ndarray, size: int, *,
@@ -177,6 +168,18 @@ def fine_search(grid: TetGrid, target: Target, starts: list[np.ndarray], *,
     fine = Evaluator(RegionModel(space, target, refined=refined, continuous=True),
                      workers=n_workers, on_new=bar.advance)
     coarse.cache.update(known or {})
+    closed: dict[bytes, bool] = {}  # whether a cached shape's surface is a closed manifold
+
+    def ranked(size: int) -> tuple[list[np.ndarray], float]:
+        """The ``size`` best distinct closed shapes of the coarse cache by the (corrected)
+        coarse loss, and the best such loss."""
+        keys = [k for k in coarse.cache
+                if closed.setdefault(k, space.is_valid(coarse.region(k)))]
+        losses = np.array([coarse.known_loss(k) for k in keys])
+        regions = [coarse.region(k) for k in keys]
+        return (shape_pool(regions, losses, size),
+                float(losses.min()) if len(losses) else float("inf"))
+
     truth: tuple[np.ndarray, np.ndarray] | None = None
     if reference_region is not None:  # simulated apart, so that no search sees it
         ref = space.check(reference_region)
@@ -185,37 +188,29 @@ def fine_search(grid: TetGrid, target: Target, starts: list[np.ndarray], *,
     with coarse, fine:
         try:
             coarse.signals([space.check(r) for r in starts])
-            keys = [k for k in coarse.cache if space.is_valid(coarse.region(k))]
-            if not keys:
+            shapes, _ = ranked(1)
+            if not shapes:
                 raise ValueError("none of the shapes to start from has a closed surface")
-            answer = coarse.region(min(keys, key=coarse.known_loss))
+            answer = shapes[0]
             loss = fine.loss(answer)
             note({"round": 0, "stage": "coarse answer", "loss": loss,
                   "tets": int(answer.sum()), "simulations": fine.n_requested})
             for rnd in range(1, rounds + 1):
                 offset = fine.signals([answer])[0] - coarse.signals([answer])[0]
                 coarse.correct(offset)
-                keys = list(coarse.cache)
-                regions = [coarse.region(k) for k in keys]
-                corrected = np.array([coarse.known_loss(k) for k in keys])
-                valid = [i for i, r in enumerate(regions) if space.is_valid(r)]
-                pool = shape_pool([regions[i] for i in valid], corrected[valid], descents)
+                pool, _ = ranked(descents)
                 spent = coarse.n_requested
                 for d, start in enumerate(pool):
                     share = (budget - (coarse.n_requested - spent)) // (len(pool) - d)
                     if share > 0:
                         multiflip_descent(coarse, space, start, rng, budget=share,
                                           proposals=cfg.proposals)
-                keys = list(coarse.cache)
-                regions = [coarse.region(k) for k in keys]
-                corrected = np.array([coarse.known_loss(k) for k in keys])
-                valid = [i for i, r in enumerate(regions) if space.is_valid(r)]
-                picks = shape_pool([regions[i] for i in valid], corrected[valid], checks)
+                picks, best_corrected = ranked(checks)
                 fine_losses = fine.losses(picks)
                 best = int(np.argmin(fine_losses))
                 row = {"round": rnd, "answer_fine_loss": loss,
                        "offset_rms": float(np.sqrt(np.mean(offset ** 2))),
-                       "best_corrected_loss": float(corrected[valid].min()),
+                       "best_corrected_loss": best_corrected,
                        "checked_fine_losses": [float(x) for x in fine_losses],
                        "coarse_simulations": coarse.simulated,
                        "fine_simulations": fine.simulated}
