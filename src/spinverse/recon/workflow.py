@@ -21,7 +21,6 @@ from spinverse.recon.targets import Target
 log = logging.getLogger(__name__)
 
 
-
 def reconstruct(
     grid: TetGrid,
     target: Target,
@@ -72,17 +71,14 @@ def _refine(grid: TetGrid, target: Target, run: Path, coarse: Reconstruction,
     written to RUN/refined, with RUN/coarse_to_fine.json comparing the two answers."""
     import json
 
-    from spinverse.mesh.benchmark import enclosed_tets
     from spinverse.mesh.refine import coarse_face_of, refine_kappa
     from spinverse.recon.coarse_to_fine import fine_search, surface_metrics
     from spinverse.recon.outputs import write_outputs
+    from spinverse.viz.recon import plot_search_history
 
     scfg = cfg if isinstance(cfg, SearchConfig) else SearchConfig()
     starts, known = _coarse_shapes(grid, target, run, coarse, scfg)
-    truth = None
-    if reference_faces is not None:
-        truth = enclosed_tets(grid, reference_faces)
-        truth = truth if truth.any() else None
+    truth = _reference_region(grid, reference_faces)
     log.info("coarse-to-fine: %d known shapes, %d levels, %d coarse shapes a round",
              len(known) + len(starts), levels, budget)
     out = run / "refined"
@@ -117,8 +113,6 @@ def _refine(grid: TetGrid, target: Target, run: Path, coarse: Reconstruction,
                "fine_simulations": res.info["fine_simulations"], "seconds": res.seconds,
                "surface_um": surf, "rounds": res.rounds}
     more = {**(extra or {}), **summary}
-    from spinverse.viz.recon import plot_search_history
-
     metrics = write_outputs(out, fine.grid, rec, target,
                             threshold=scfg.threshold, fitted_signal=fitted,
                             reference_faces=ref_fine, extra=more, figures=figures,
@@ -149,6 +143,18 @@ def _coarse_shapes(grid: TetGrid, target: Target, run: Path, coarse: Reconstruct
     return [region], {}
 
 
+def _reference_region(grid: TetGrid, reference_faces: np.ndarray | None
+                      ) -> np.ndarray | None:
+    """The tets a reference surface encloses, or None (no reference, or it encloses
+    nothing)."""
+    from spinverse.mesh.benchmark import enclosed_tets
+
+    if reference_faces is None:
+        return None
+    region = enclosed_tets(grid, reference_faces)
+    return region if region.any() else None
+
+
 def _search(grid: TetGrid, target: Target, run: Path, cfg: SearchConfig,
             reference_faces: np.ndarray | None, progress: bool, figures: bool,
             extra: dict[str, Any] | None) -> tuple[Reconstruction, dict[str, Any]]:
@@ -156,15 +162,11 @@ def _search(grid: TetGrid, target: Target, run: Path, cfg: SearchConfig,
 
     import yaml
 
-    from spinverse.mesh.benchmark import enclosed_tets
     from spinverse.recon.outputs import write_outputs
     from spinverse.recon.search import ShapeSearch
     from spinverse.viz.recon import plot_barrier_probability, plot_search_history
 
-    truth = None
-    if reference_faces is not None:
-        truth = enclosed_tets(grid, reference_faces)
-        truth = truth if truth.any() else None
+    truth = _reference_region(grid, reference_faces)
     run.mkdir(parents=True, exist_ok=True)
     (run / "config.yaml").write_text(
         yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), encoding="utf-8")
