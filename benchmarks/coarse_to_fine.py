@@ -10,7 +10,7 @@ surface, enclosed-volume error; the data losses of the answer and of the truth o
 model (an answer below the truth's loss: the model cannot prefer the truth); wall time.
 
     python benchmarks/coarse_to_fine.py --cases 018 016 007 000 [--refine-target 2]
-        [--refine 1] [--refine-budget 400] [--outer-boundary reflecting] [--out DIR]
+        [--budget 1500] [--refine 1] [--refine-budget 600] [--outer-boundary reflecting] [--out DIR]
     python benchmarks/coarse_to_fine.py --markdown     # the README table from the JSON
     python benchmarks/coarse_to_fine.py --model-error 018 [--outer-boundary robin]
 
@@ -19,7 +19,8 @@ model (an answer below the truth's loss: the model cannot prefer the truth); wal
 row's data loss against the refine-2 continuous signal (the target above) and its time.
 
 Each case's run folder goes to ``DIR/<case>`` (finished cases are read, not rerun); rows are
-merged into ``--json`` (default ``benchmarks/coarse_to_fine.json``) by case.
+merged into ``--json`` (default ``benchmarks/coarse_to_fine.json``) by case and coarse
+search budget (``case@budget``).
 """
 
 from __future__ import annotations
@@ -34,16 +35,17 @@ HERE = Path(__file__).resolve().parent
 
 
 def run_case(case: str, out: Path, *, refine_target: int, refine: int, budget: int,
-             outer_boundary: str) -> None:
-    """``spinverse reconstruct --case CASE --refine-target N --outer-boundary B --refine M
-    --refine-budget K --out OUT`` (the CLI's defaults otherwise)."""
+             refine_budget: int, outer_boundary: str) -> None:
+    """``spinverse reconstruct --case CASE --refine-target N --outer-boundary B --budget S
+    --refine M --refine-budget K --out OUT`` (the CLI's defaults otherwise)."""
+    from spinverse.recon.search import SearchConfig
     from spinverse.recon.targets import case_target
     from spinverse.recon.workflow import reconstruct
 
     grid, target, barrier = case_target(case, refine=refine_target,
                                         outer_boundary=outer_boundary)
-    reconstruct(grid, target, out, reference_faces=barrier, progress=False, refine=refine,
-                refine_budget=budget,
+    reconstruct(grid, target, out, config=SearchConfig(budget=budget), reference_faces=barrier,
+                progress=False, refine=refine, refine_budget=refine_budget,
                 extra={"case": case, "target_refine": refine_target})
 
 
@@ -53,8 +55,13 @@ def row(case: str, out: Path) -> dict[str, Any]:
     fine = json.loads((out / "refined" / "metrics.json").read_text())
     c2f = json.loads((out / "coarse_to_fine.json").read_text())
     surf = c2f["surface_um"]
+    budget = None
+    if (out / "config.yaml").exists():
+        import yaml
+
+        budget = yaml.safe_load((out / "config.yaml").read_text()).get("budget")
     return {
-        "case": case, "outer_boundary": coarse["outer_boundary"],
+        "case": case, "outer_boundary": coarse["outer_boundary"], "budget": budget,
         "target_refine": coarse.get("target_refine"), "levels": c2f["levels"],
         "coarse_f1": coarse["f1_aligned"], "fine_f1": fine["f1_aligned"],
         "coarse_chamfer_um": surf["coarse"]["chamfer_um"],
@@ -106,18 +113,21 @@ def model_error(case: str, outer_boundary: str) -> None:
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
-    head = ("| case | answer | F1 | Chamfer µm | Hausdorff µm | volume error | answer loss | "
-            "truth loss | time s |\n|---|---|---|---|---|---|---|---|---|")
+    head = ("| case (budget) | answer | F1 | Chamfer µm | Hausdorff µm | volume error | "
+            "answer loss | truth loss | time s |\n|---|---|---|---|---|---|---|---|---|")
     lines = [head]
     for r in rows:
         for level, label in (("coarse", "coarse search"),
                              ("fine", f"+ fine stage (refine {r['levels']})")):
             lines.append(
-                f"| {r['case']} | {label} | {r[f'{level}_f1']:.2f} | "
+                f"| {r['case']} ({r.get('budget') or '?'}) | {label} | "
+                f"{r[f'{level}_f1']:.2f} | "
                 f"{r[f'{level}_chamfer_um']:.2f} | {r[f'{level}_hausdorff_um']:.1f} | "
                 f"{100 * r[f'{level}_volume_error_rel']:+.1f} % | "
                 f"{r[f'{level}_answer_loss']:.4f} | {r[f'{level}_truth_loss']:.4f} | "
-                f"{r[f'{level}_seconds']:.0f} |")
+                f"{r[f'{level}_seconds']:.0f}"
+                + (f" (Σ {(r['coarse_seconds'] + r['fine_seconds']) / 60:.0f} min) |"
+                   if level == "fine" else " |"))
     return "\n".join(lines)
 
 
@@ -126,7 +136,9 @@ def main() -> None:
     ap.add_argument("--cases", nargs="+", default=["018", "016", "007", "000"])
     ap.add_argument("--refine-target", type=int, default=2)
     ap.add_argument("--refine", type=int, default=1)
-    ap.add_argument("--refine-budget", type=int, default=400)
+    ap.add_argument("--budget", type=int, default=1500,
+                    help="coarse search budget (shapes; the CLI's default is 4000)")
+    ap.add_argument("--refine-budget", type=int, default=600)
     ap.add_argument("--outer-boundary", default="reflecting",
                     choices=("reflecting", "robin"))
     ap.add_argument("--out", type=Path, default=Path("runs/coarse_to_fine"))
@@ -148,11 +160,14 @@ def main() -> None:
         if not (out / "coarse_to_fine.json").exists():
             tic = time.perf_counter()
             run_case(case, out, refine_target=args.refine_target, refine=args.refine,
-                     budget=args.refine_budget, outer_boundary=args.outer_boundary)
+                     budget=args.budget, refine_budget=args.refine_budget,
+                     outer_boundary=args.outer_boundary)
             print(f"{case}: {time.perf_counter() - tic:.0f} s", flush=True)
-        table[case] = row(case, out)
+        r = row(case, out)
+        key = f"{case}@{r['budget']}"
+        table[key] = {**table.get(key, {}), **r}  # keeps a hand-written "note"
         args.json.write_text(json.dumps(table, indent=1), encoding="utf-8")
-    print(markdown([table[c] for c in args.cases]))
+    print(markdown(list(table.values())))
 
 
 if __name__ == "__main__":
