@@ -13,11 +13,11 @@ from typer.testing import CliRunner
 from spinverse.acquisition.directions import fibonacci_directions
 from spinverse.acquisition.protocol import Protocol
 from spinverse.acquisition.sequences import PGSE
-from spinverse.cli.main import app
+from spinverse.cli.main import REFINE_COARSE_BUDGET, Preset, _method_config, app
 from spinverse.forward import simulate_signal
 from spinverse.io.signals import save_signals
 from spinverse.mesh.generators import bcc_grid
-from spinverse.recon.search import RegionSpace
+from spinverse.recon.search import RegionSpace, SearchConfig
 
 runner = CliRunner()
 
@@ -111,3 +111,24 @@ def test_search_config_errors_name_the_key(files, tmp_path):
     res = runner.invoke(app, _args(d, tmp_path / "run", "--config", str(cfg)))
     assert res.exit_code == 2
     assert "budgett" in res.output and "did you mean 'budget'" in res.output
+
+
+@pytest.mark.parametrize(("budget", "refine", "expected"), [
+    (None, 0, SearchConfig().budget),   # the search's own default
+    (None, 1, REFINE_COARSE_BUDGET),    # --refine: the fine stage does the rest
+    (700, 1, 700),                      # --budget always wins
+])
+def test_refine_lowers_only_the_default_budget(budget, refine, expected):
+    cfg = _method_config(None, None, seed=0, iterations=None, budget=budget, snr=None,
+                         refine=refine)
+    assert isinstance(cfg, SearchConfig) and cfg.budget == expected
+
+
+def test_refine_keeps_a_config_files_budget_and_the_gradient_method(tmp_path):
+    cfg = tmp_path / "recon.yaml"
+    cfg.write_text("method: search\nbudget: 321\n")
+    assert _method_config(cfg, None, seed=0, iterations=None, budget=None, snr=None,
+                          refine=1).budget == 321
+    grad = _method_config(None, Preset.published, seed=0, iterations=None, budget=None,
+                          snr=None, refine=1)
+    assert not isinstance(grad, SearchConfig)

@@ -216,10 +216,19 @@ class Preset(StrEnum):
     published = "published"
 
 
+#: The search's default budget (shapes) when --refine follows it: the fine stage does the
+#: rest, and 1 500 gives the same fine answer as 4 000 in less than half the time
+#: (benchmarks/README.md, "Coarse-to-fine").
+REFINE_COARSE_BUDGET = 1500
+
+
 def _method_config(config: Path | None, preset: Preset | None, *, seed: int,
-                   iterations: int | None, budget: int | None, snr: float | None):
+                   iterations: int | None, budget: int | None, snr: float | None,
+                   refine: int = 0):
     """The reconstruction method's configuration from --config / --preset and the
-    options that tune it (one ``error:`` line when they do not fit the method)."""
+    options that tune it (one ``error:`` line when they do not fit the method). With
+    ``refine`` > 0 the default search (no --config) gets :data:`REFINE_COARSE_BUDGET`
+    unless --budget says otherwise."""
     from spinverse.recon.config import load_method_config, published_preset
     from spinverse.recon.search.config import SearchConfig
 
@@ -238,6 +247,8 @@ def _method_config(config: Path | None, preset: Preset | None, *, seed: int,
         if iterations is not None:
             fail("--iterations belongs to the gradient method (--preset published); the "
                  "search's cost is --budget")
+        if budget is None and refine and config is None:
+            budget = REFINE_COARSE_BUDGET
         if budget is not None:
             cfg = cfg.model_copy(update={"budget": budget})
         if snr is not None:
@@ -266,7 +277,8 @@ def reconstruct(
         help="search (default: whole-shape search with an ensemble) or published (gradient "
              "descent on per-face κ with the published curriculum and priors).")] = None,
     budget: Annotated[int | None, typer.Option(
-        min=10, help="search: distinct shapes simulated in all (default 4000).")] = None,
+        min=10, help="search: distinct shapes simulated in all (default 4000; 1500 with "
+                     "--refine, whose fine stage goes on from the coarse answer).")] = None,
     outer_boundary: Annotated[OuterBoundary | None, typer.Option(
         help="Override the target's outer-boundary mode.")] = None,
     protocol: Annotated[Path | None, typer.Option(
@@ -317,7 +329,7 @@ def reconstruct(
     from spinverse.recon.targets import Target, case_target, reference_faces
 
     cfg = _method_config(config, preset, seed=seed, iterations=iterations, budget=budget,
-                         snr=snr)
+                         snr=snr, refine=refine)
     reference = None
     if case is not None:
         if target is not None or grid is not None:
