@@ -10,7 +10,8 @@ surface, enclosed-volume error; the data losses of the answer and of the truth o
 model (an answer below the truth's loss: the model cannot prefer the truth); wall time.
 
     python benchmarks/coarse_to_fine.py --cases 018 016 007 000 [--refine-target 2]
-        [--budget 1500] [--refine 1] [--refine-budget 600] [--outer-boundary reflecting] [--out DIR]
+        [--budget 1500] [--refine 1] [--refine-budget 600] [--outer-boundary reflecting]
+        [--out DIR]
     python benchmarks/coarse_to_fine.py --markdown     # the README table from the JSON
     python benchmarks/coarse_to_fine.py --model-error 018 [--outer-boundary robin]
 
@@ -132,12 +133,14 @@ def markdown(rows: list[dict[str, Any]]) -> str:
 
 
 def main() -> None:
+    from spinverse.recon.coarse_to_fine import COARSE_BUDGET
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cases", nargs="+", default=["018", "016", "007", "000"])
     ap.add_argument("--refine-target", type=int, default=2)
     ap.add_argument("--refine", type=int, default=1)
-    ap.add_argument("--budget", type=int, default=1500,
-                    help="coarse search budget (shapes; the CLI's default is 4000)")
+    ap.add_argument("--budget", type=int, default=COARSE_BUDGET,
+                    help="coarse search budget (shapes; `reconstruct --refine`'s default)")
     ap.add_argument("--refine-budget", type=int, default=600)
     ap.add_argument("--outer-boundary", default="reflecting",
                     choices=("reflecting", "robin"))

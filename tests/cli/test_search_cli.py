@@ -13,10 +13,11 @@ from typer.testing import CliRunner
 from spinverse.acquisition.directions import fibonacci_directions
 from spinverse.acquisition.protocol import Protocol
 from spinverse.acquisition.sequences import PGSE
-from spinverse.cli.main import REFINE_COARSE_BUDGET, Preset, _method_config, app
+from spinverse.cli.main import Preset, _method_config, app
 from spinverse.forward import simulate_signal
 from spinverse.io.signals import save_signals
 from spinverse.mesh.generators import bcc_grid
+from spinverse.recon.coarse_to_fine import COARSE_BUDGET
 from spinverse.recon.search import RegionSpace, SearchConfig
 
 runner = CliRunner()
@@ -115,7 +116,7 @@ def test_search_config_errors_name_the_key(files, tmp_path):
 
 @pytest.mark.parametrize(("budget", "refine", "expected"), [
     (None, 0, SearchConfig().budget),   # the search's own default
-    (None, 1, REFINE_COARSE_BUDGET),    # --refine: the fine stage does the rest
+    (None, 1, COARSE_BUDGET),           # --refine: the fine stage does the rest
     (700, 1, 700),                      # --budget always wins
 ])
 def test_refine_lowers_only_the_default_budget(budget, refine, expected):

@@ -216,19 +216,13 @@ class Preset(StrEnum):
     published = "published"
 
 
-#: The search's default budget (shapes) when --refine follows it: the fine stage does the
-#: rest, and 1 500 gives the same fine answer as 4 000 in less than half the time
-#: (benchmarks/README.md, "Coarse-to-fine").
-REFINE_COARSE_BUDGET = 1500
-
-
 def _method_config(config: Path | None, preset: Preset | None, *, seed: int,
                    iterations: int | None, budget: int | None, snr: float | None,
                    refine: int = 0):
     """The reconstruction method's configuration from --config / --preset and the
     options that tune it (one ``error:`` line when they do not fit the method). With
-    ``refine`` > 0 the default search (no --config) gets :data:`REFINE_COARSE_BUDGET`
-    unless --budget says otherwise."""
+    ``refine`` > 0 the default search (no --config) gets the coarse-to-fine budget
+    (:data:`spinverse.recon.coarse_to_fine.COARSE_BUDGET`) unless --budget says otherwise."""
     from spinverse.recon.config import load_method_config, published_preset
     from spinverse.recon.search.config import SearchConfig
 
@@ -248,7 +242,9 @@ def _method_config(config: Path | None, preset: Preset | None, *, seed: int,
             fail("--iterations belongs to the gradient method (--preset published); the "
                  "search's cost is --budget")
         if budget is None and refine and config is None:
-            budget = REFINE_COARSE_BUDGET
+            from spinverse.recon.coarse_to_fine import COARSE_BUDGET
+
+            budget = COARSE_BUDGET
         if budget is not None:
             cfg = cfg.model_copy(update={"budget": budget})
         if snr is not None:
