@@ -50,8 +50,8 @@ __all__ = ["COARSE_BUDGET", "FineSearchResult", "fine_search", "sample_surface",
            "surface_metrics"]
 
 #: The coarse search's default budget (shapes) when a fine stage follows it: the fine stage
-#: goes on from the coarse answer, and 1 500 gives the same fine answer as the search's
-#: 4 000 in less than half the time (benchmarks/README.md, "Coarse-to-fine").
+#: goes on from the coarse answer, and 1 500 gives a fine answer as close as the
+#: search's 4 000 in less than half the time (benchmarks/README.md, "Coarse-to-fine").
 COARSE_BUDGET = 1500
 
 #: Spacing (µm) of the points sampled on a surface for the µm metrics.
